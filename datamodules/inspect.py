@@ -1,0 +1,61 @@
+"""``sft inspect``: see exactly which tokens training will learn, before spending GPU hours.
+
+Trained tokens are shown between ``⟦`` and ``⟧``; the dump holds the very ``input_ids`` and
+``labels`` the training dataloader uses, one JSON object per example.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from datamodules.chat_tokens import IGNORE_INDEX
+
+TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
+
+
+def _runs(input_ids: list[int], labels: list[int]):
+    """Consecutive (trained?, ids) runs of an example."""
+    runs: list[tuple[bool, list[int]]] = []
+    for token_id, label in zip(input_ids, labels):
+        trained = label != IGNORE_INDEX
+        if runs and runs[-1][0] == trained:
+            runs[-1][1].append(token_id)
+        else:
+            runs.append((trained, [token_id]))
+    return runs
+
+
+def marked_text(tokenizer, input_ids: list[int], labels: list[int]) -> str:
+    """The rendered example with every trained span wrapped in ⟦…⟧."""
+    parts = []
+    for trained, ids in _runs(input_ids, labels):
+        text = tokenizer.decode(ids)
+        parts.append(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text)
+    return "".join(parts)
+
+
+def dump_examples(tokenizer, examples, path: str) -> None:
+    """One JSON object per example: ``input_ids``, ``labels`` and the rendered ``text``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as out:
+        for example in examples:
+            record = {
+                "input_ids": list(example["input_ids"]),
+                "labels": list(example["labels"]),
+                "text": tokenizer.decode(example["input_ids"]),
+            }
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(temporary, target)
+
+
+def inspect_split(datamodule, split: str, show: int, dump: str | None) -> None:
+    examples = datamodule.training_examples(split)
+    for position in range(min(show, len(examples))):
+        example = examples[position]
+        print(f"--- example {position} ({len(example['input_ids'])} tokens, {example['n_trained']} trained) ---")
+        print(marked_text(datamodule.tokenizer, example["input_ids"], example["labels"]))
+    if dump:
+        dump_examples(datamodule.tokenizer, examples, dump)
+        print(f"wrote {len(examples)} examples to {dump}")

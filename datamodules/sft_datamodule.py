@@ -1,0 +1,132 @@
+"""The LightningDataModule: record files → chat-template tokens with answer-only labels."""
+
+from typing import Literal
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from datamodules.accumulation import StepTokenCounts
+from datamodules.collate import PromptCollator, training_collator
+from datamodules.preprocess import ConversationSpec, TokenStats, build_prompt_examples, build_training_examples
+from datamodules.records import load_records
+from modules.loading import load_tokenizer
+
+
+class SFTDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        train_path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        predict_path: str | None = None,
+        format: str = "typed",
+        fields: dict[str, str] | None = None,
+        system_prompt: str | None = None,
+        train_on: Literal["all_assistant", "last_assistant"] = "all_assistant",
+        max_length: int = 1024,
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        tokenizer_name_or_path: str | None = None,
+    ):
+        """
+        Args:
+            train_path: Training records: a .jsonl/.json/.parquet/.csv file, or a hub dataset name.
+            val_path: Validation records (same format), for the validation loss.
+            test_path: Labelled test records, for ``sft test``.
+            predict_path: Records to answer with ``sft predict`` (answers may be absent).
+            format: Record format: typed, messages, prompt_completion, instruction, qa, math, think.
+            fields: Renames from the format's field names to your data's keys, e.g. {question: Question}.
+            system_prompt: A system message put first in every conversation that has none.
+            train_on: Train every assistant turn of a conversation, or only the last one.
+            max_length: Examples longer than this many tokens are cut (and counted).
+            batch_size: Training micro-batch size (sequences).
+            eval_batch_size: Batch size for validation, test and predict (default: batch_size).
+            num_workers: DataLoader worker processes.
+            tokenizer_name_or_path: Set from model.model_name_or_path; do not set it in YAML.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = ConversationSpec(format, dict(fields or {}), system_prompt, train_on)
+        self.paths = {"train": train_path, "val": val_path, "test": test_path, "predict": predict_path}
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.tokenizer_name_or_path = tokenizer_name_or_path
+        self._tokenizer = None
+        self.examples: dict = {}
+        self.token_stats: dict[str, TokenStats] = {}
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            if not self.tokenizer_name_or_path:
+                raise ValueError("the data module needs a tokenizer: set model.model_name_or_path")
+            self._tokenizer = load_tokenizer(self.tokenizer_name_or_path)
+        return self._tokenizer
+
+    def split_path(self, split: str) -> str:
+        path = self.paths[split]
+        if not path:
+            raise ValueError(f"no {split} data: set --data.{split}_path")
+        return path
+
+    def training_examples(self, split: str):
+        """Tokenized, masked examples of a split (built once), with their statistics logged."""
+        if split not in self.examples:
+            path = self.split_path(split)
+            examples, stats = build_training_examples(
+                load_records(path), self.tokenizer, self.spec, self.max_length, path
+            )
+            self.examples[split], self.token_stats[split] = examples, stats
+            rank_zero_info(stats.summary(split))
+        return self.examples[split]
+
+    def prompt_examples(self, split: str = "predict"):
+        if split not in self.examples:
+            path = self.split_path(split)
+            self.examples[split] = build_prompt_examples(load_records(path), self.tokenizer, self.spec, path)
+        return self.examples[split]
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.training_examples("train")
+            if self.paths["val"]:
+                self.training_examples("val")
+        elif stage == "validate":
+            self.training_examples("val")
+        elif stage == "test":
+            self.training_examples("test")
+        elif stage == "predict":
+            self.prompt_examples("predict")
+
+    def _loader(self, examples, batch_size: int, shuffle: bool, collate_fn) -> DataLoader:
+        return DataLoader(
+            examples.with_format(None),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=collate_fn,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self):
+        loader = self._loader(self.training_examples("train"), self.batch_size, True, self._train_collator())
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        return StepTokenCounts(loader, accumulate)
+
+    def val_dataloader(self):
+        if not self.paths["val"]:
+            return []
+        return self._loader(self.training_examples("val"), self.eval_batch_size, False, self._train_collator())
+
+    def test_dataloader(self):
+        return self._loader(self.training_examples("test"), self.eval_batch_size, False, self._train_collator())
+
+    def predict_dataloader(self):
+        collator = PromptCollator(pad_token_id=self.tokenizer.pad_token_id)
+        return self._loader(self.prompt_examples("predict"), self.eval_batch_size, False, collator)
+
+    def _train_collator(self):
+        return training_collator(pad_token_id=self.tokenizer.pad_token_id)

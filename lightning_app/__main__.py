@@ -1,0 +1,3 @@
+from lightning_app.main import main
+
+main()

@@ -1,0 +1,55 @@
+"""The LightningCLI of lightning-sft: ``sft fit | validate | test | predict`` from YAML."""
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from callbacks.prediction_writer import PredictionWriter
+from datamodules.sft_datamodule import SFTDataModule
+from lightning_app.run_dirs import newest_last_checkpoint, version_of_checkpoint
+from modules.sft_module import SFTModule
+
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "sft"},
+    },
+}
+
+
+class SFTCLI(LightningCLI):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(SFTModule, SFTDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The tokenizer follows the model, never the other way (see STYLE.md: links and ckpt_path).
+        parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._resolve_last_checkpoint(self.config[subcommand], resume=(subcommand == "fit"))
+
+    @staticmethod
+    def _resolve_last_checkpoint(config, resume: bool) -> None:
+        """``--ckpt_path last`` → the newest last.ckpt of this run name; a resumed fit reuses its dir."""
+        if config.get("ckpt_path") != "last":
+            return
+        logger_args = config.trainer.logger.init_args
+        checkpoint = newest_last_checkpoint(logger_args.save_dir, logger_args.name)
+        config.ckpt_path = str(checkpoint)
+        if resume:
+            logger_args.version = version_of_checkpoint(checkpoint)
+
+    def after_fit(self) -> None:
+        checkpoint_dir = self.trainer.checkpoint_callback.dirpath
+        print(f"checkpoints: {checkpoint_dir}")
+        print(f"TensorBoard logs: {self.trainer.log_dir}  (view: tensorboard --logdir {Path(self.trainer.log_dir).parent})")

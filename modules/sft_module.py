@@ -1,0 +1,145 @@
+"""The LightningModule: a Hugging Face causal LM, an optional PEFT wrapper and a swappable head.
+
+Read top to bottom: 1. build (in ``configure_model``, so ``sft inspect`` never loads weights),
+2. train (loss is a mean over the trained tokens of a whole optimizer step), 3. evaluate,
+4. predict (generation from prompts rendered by the data module's chat-template code),
+5. checkpoints (PEFT runs save only the trainable weights), 6. optimizer and schedule.
+"""
+
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from peft import PeftConfig
+
+from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
+from modules.generation import GenerationSettings
+from modules.heads import Head, LMHead
+from modules.loading import load_causal_lm, load_tokenizer
+from modules.optim import parameter_groups, schedule
+from modules.peft_setup import apply_peft, trainable_parameter_counts
+
+
+class SFTModule(L.LightningModule):
+    def __init__(
+        self,
+        model_name_or_path: str = "smollm2-135m-instruct",
+        peft_config: PeftConfig | None = None,
+        head: Head | None = None,
+        dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
+        attn_implementation: str | None = None,
+        gradient_checkpointing: bool = False,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
+        warmup: float = 0.0,
+        generation: GenerationSettings | None = None,
+    ):
+        """
+        Args:
+            model_name_or_path: An embedded alias (smollm2-135m-instruct), a hub name or a local folder.
+            peft_config: Any peft config (class_path: peft.LoraConfig ...); none = full fine-tuning.
+            head: The output head; default the causal-LM head.
+            dtype: Weights' dtype when loading.
+            attn_implementation: eager, sdpa, flash_attention_2 ... (default: transformers' choice).
+            gradient_checkpointing: Recompute activations in backward to save memory.
+            optimizer: Optimizer class_path/init_args; biases and norms get no weight decay.
+            lr_schedule: Learning-rate decay after warmup, stepped every optimizer step.
+            warmup: Warmup length: a fraction of all optimizer steps if below 1, else a step count.
+            generation: Generation settings for predict (greedy by default).
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["head", "optimizer", "generation", "peft_config"])
+        self.model_name_or_path = model_name_or_path
+        self.peft_config = peft_config
+        self.head = head if head is not None else LMHead()
+        self.dtype_name = dtype
+        self.attn_implementation = attn_implementation
+        self.gradient_checkpointing = gradient_checkpointing
+        self.optimizer_factory = optimizer
+        self.lr_schedule = lr_schedule
+        self.warmup = warmup
+        self.generation = generation or GenerationSettings()
+        self.model = None
+        self._tokenizer = None
+        self.tokens_seen = 0
+        self.trained_tokens_seen = 0
+        # PEFT checkpoints hold only the trainable weights; the frozen base comes from the model.
+        self.strict_loading = peft_config is None
+
+    # 1. Build -----------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        model = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation)
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        self.model = apply_peft(model, self.peft_config)
+        self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
+        trainable, total = trainable_parameter_counts(self.model)
+        self.trainable_share = trainable / total
+        rank_zero_info(f"trainable parameters: {trainable:,} of {total:,} ({100 * self.trainable_share:.3f}%)")
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.model_name_or_path)
+        return self._tokenizer
+
+    # 2. Train -----------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self.head.training_loss(self.model, batch)
+        step_tokens = batch["step_trained_tokens"]
+        batch_tokens = max(1, int((batch["labels"][:, 1:] != -100).sum()))
+        # Logged: this micro-batch's own token mean; epoch value weighted by its trained tokens.
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach() * step_tokens / batch_tokens,
+                     batch_size=batch_tokens, on_step=True, on_epoch=True, prog_bar=(name == "loss"))
+        self._count_tokens(batch, batch_tokens)
+        # Lightning divides by accumulate_grad_batches; the loss is already a mean over the whole step.
+        return losses["loss"] * self.trainer.accumulate_grad_batches
+
+    def _count_tokens(self, batch: dict, batch_tokens: int) -> None:
+        self.tokens_seen += int(batch["attention_mask"].sum())
+        self.trained_tokens_seen += batch_tokens
+        self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False, batch_size=1)
+        self.log("train/trained_tokens_seen", float(self.trained_tokens_seen), on_step=True, on_epoch=False,
+                 batch_size=1)
+
+    # 3. Evaluate --------------------------------------------------------------------------------
+    def _evaluation_step(self, batch: dict, stage: str) -> None:
+        loss = self.head.evaluation_loss(self.model, batch)
+        self.log(f"{stage}/loss", loss.value, batch_size=loss.count, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    # 4. Predict ---------------------------------------------------------------------------------
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        answers = self.head.predict(self.model, self.tokenizer, batch, self.generation)
+        return [
+            {"id": record_id, "type": record_type, "content": answer, "row_index": int(row)}
+            for record_id, record_type, answer, row in zip(batch["ids"], batch["types"], answers, batch["row_index"])
+        ]
+
+    # 5. Checkpoints -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.peft_config is not None:
+            checkpoint["state_dict"] = trainable_state(self, checkpoint["state_dict"])
+        checkpoint["tokens_seen"] = [self.tokens_seen, self.trained_tokens_seen]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_checkpoint_keys(self, checkpoint["state_dict"])
+        self.tokens_seen, self.trained_tokens_seen = checkpoint.get("tokens_seen", [0, 0])
+
+    # 6. Optimizer and schedule -------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(parameter_groups(self.named_parameters()))
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = schedule(optimizer, self.lr_schedule, self.warmup, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

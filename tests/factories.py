@@ -1,0 +1,46 @@
+"""Small data files and Lightning objects shared by the training and CLI tests."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+
+from datamodules.sft_datamodule import SFTDataModule
+from modules.sft_module import SFTModule
+
+# Answers of very different lengths: a per-micro-batch mean would weight them differently.
+QA_RECORDS = [
+    {"id": f"q{i}", "question": f"What is {i} plus {i}?", "answer": ("It is " + str(2 * i) + ". ") * (1 + i % 4)}
+    for i in range(8)
+]
+
+TYPED_RECORDS = [
+    {"id": "t1", "type": "math", "prompt": "2 pens at 3 yuan?", "answer": "2 × 3 = 6. \\boxed{6}"},
+    {"id": "t2", "type": "choice", "prompt": "Even?", "choices": {"A": "3", "B": "4"}, "answer": "B"},
+    {"id": "t3", "type": "generic-generate", "prompt": "Reverse 'ab'", "answer": "ba"},
+    {"id": "t4", "type": "code-generate", "prompt": "def f():\n    \"\"\"Return 1.\"\"\"\n",
+     "answer": "```python\ndef f():\n    return 1\n```"},
+]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+def quiet_trainer(**overrides) -> L.Trainer:
+    settings = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    settings.update(overrides)
+    return L.Trainer(**settings)
+
+
+def qa_datamodule(model_dir, train_path: str, batch_size: int, **kwargs) -> SFTDataModule:
+    return SFTDataModule(train_path=train_path, format="qa", batch_size=batch_size,
+                         tokenizer_name_or_path=str(model_dir), **kwargs)
+
+
+def sft_module(model_dir, **kwargs) -> SFTModule:
+    module = SFTModule(model_name_or_path=str(model_dir), **kwargs)
+    module.configure_model()
+    return module

@@ -1,0 +1,100 @@
+"""The CLI in-process on a tiny model: fit, resume from `last`, predict from the checkpoint, inspect."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_app.main import main
+from tests.factories import TYPED_RECORDS, write_jsonl
+
+
+@pytest.fixture
+def run_config(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    unlabeled = [{k: v for k, v in r.items() if k != "answer"} for r in TYPED_RECORDS]
+    config = {
+        "seed_everything": 7,
+        "trainer": {
+            "accelerator": "cpu", "max_steps": 2, "log_every_n_steps": 1, "enable_progress_bar": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": "runs", "name": "tiny"}},
+        },
+        "model": {
+            "model_name_or_path": str(tiny_model_dir),
+            "peft_config": {"class_path": "peft.LoraConfig", "init_args": {"r": 4, "lora_alpha": 8}},
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
+            "generation": {"max_new_tokens": 4},
+        },
+        "data": {
+            "train_path": write_jsonl(tmp_path / "train.jsonl", TYPED_RECORDS),
+            "val_path": write_jsonl(tmp_path / "val.jsonl", TYPED_RECORDS[:2]),
+            "predict_path": write_jsonl(tmp_path / "test.jsonl", list(reversed(unlabeled))),
+            "format": "typed", "batch_size": 2,
+        },
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_fit_resume_and_predict(run_config, tmp_path):
+    main(["fit", "--config", run_config])
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    first = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert first["global_step"] == 2
+    assert first["state_dict"] and all("lora_" in key for key in first["state_dict"])  # adapters only
+    assert (run_dir / "config.yaml").is_file()
+    events = EventAccumulator(str(run_dir)).Reload()
+    assert {"train/loss_step", "val/loss", "lr-AdamW"} <= set(events.Tags()["scalars"])
+
+    main(["fit", "--config", run_config, "--trainer.max_steps", "4", "--ckpt_path", "last"])
+    resumed = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == 4  # the step counter continued in the same run directory
+    assert not (tmp_path / "runs" / "tiny" / "version_1").exists()
+    adam_steps = {int(state["step"]) for state in resumed["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {4}  # the optimizer state was restored, not restarted
+    assert resumed["tokens_seen"][0] > first["tokens_seen"][0]
+
+    main(["predict", "--config", run_config, "--ckpt_path", "last"])
+    answers = json.loads((tmp_path / "runs" / "tiny" / "version_1" / "predictions.json").read_text())
+    ids = [row["id"] for row in answers["result"]["results"]]
+    assert ids == ["t4", "t3", "t2", "t1"]  # every input id once, in input order
+    assert all(isinstance(row["content"], str) for row in answers["result"]["results"])
+    lines = (tmp_path / "runs" / "tiny" / "version_1" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["type"] for line in lines] == ["code-generate", "generic-generate", "choice", "math"]
+
+
+def test_checkpoint_from_another_peft_config_is_refused(run_config, tmp_path, tiny_model_dir):
+    """Non-strict PEFT loading must not silently ignore adapters that do not fit the model."""
+    from peft import LoraConfig
+
+    from modules.sft_module import SFTModule
+
+    main(["fit", "--config", run_config])
+    other = SFTModule(str(tiny_model_dir), peft_config=LoraConfig(r=4, target_modules=["q_proj"]))
+    other.configure_model()
+    checkpoint = load_checkpoint(tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match="trained with another"):
+        other.on_load_checkpoint(checkpoint)
+
+
+def test_inspect_dumps_what_training_uses(run_config, tmp_path, capsys):
+    dump = tmp_path / "dump.jsonl"
+    main(["inspect", "--config", run_config, "--show", "1", "--dump", str(dump)])
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert len(rows) == len(TYPED_RECORDS)
+    from datamodules.chat_tokens import tokenize_conversation
+    from datamodules.formats import to_messages
+    from tests.tiny import build_tokenizer
+
+    expected = tokenize_conversation(build_tokenizer(), to_messages(TYPED_RECORDS[0], "typed"))
+    assert rows[0]["input_ids"] == expected["input_ids"] and rows[0]["labels"] == expected["labels"]
+    assert "⟦2 × 3 = 6. \\boxed{6}<|im_end|>\n⟧" in capsys.readouterr().out

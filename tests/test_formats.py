@@ -1,0 +1,113 @@
+"""Record formats → chat messages, field renames and the errors people see for bad input."""
+
+import json
+
+import pytest
+
+from datamodules.formats import MATH_INSTRUCTION, split_prompt, to_messages
+from datamodules.preprocess import ConversationSpec, build_prompt_examples, build_training_examples
+from datamodules.records import RecordError, load_records
+
+
+def user_assistant(prompt, answer):
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def test_typed_choice_renders_options_in_letter_order():
+    record = {"id": "c1", "type": "choice", "prompt": "Pick the even number.", "choices": {"B": "4", "A": "3"},
+              "answer": "B"}
+    messages = to_messages(record, "typed")
+    assert messages[0]["content"] == (
+        "Pick the even number.\n\nA. 3\nB. 4\n\nAnswer with the letter of the correct option."
+    )
+    assert messages[1] == {"role": "assistant", "content": "B"}
+
+
+def test_typed_without_answer_is_a_prompt_only():
+    messages = to_messages({"type": "generic-generate", "prompt": "Say hi"}, "typed")
+    assert messages == [{"role": "user", "content": "Say hi"}]
+
+
+@pytest.mark.parametrize(
+    "record, record_format, expected",
+    [
+        ({"prompt": "p", "completion": "c"}, "prompt_completion", user_assistant("p", "c")),
+        ({"question": "q", "answer": "a", "context": "ctx"}, "qa", user_assistant("ctx\n\nQuestion: q", "a")),
+        ({"problem": "1+1", "solution": "\\boxed{2}"}, "math", user_assistant(f"1+1\n\n{MATH_INSTRUCTION}", "\\boxed{2}")),
+        ({"instruction": "Add", "input": "1 2", "output": "3"}, "instruction", user_assistant("Add\n\n1 2", "3")),
+    ],
+)
+def test_simple_formats(record, record_format, expected):
+    assert to_messages(record, record_format) == expected
+
+
+def test_instruction_history_and_system_come_first():
+    record = {"system": "S", "history": [["u1", "a1"]], "instruction": "u2", "output": "a2"}
+    roles = [m["role"] for m in to_messages(record, "instruction")]
+    assert roles == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_messages_format_keeps_multi_turn_and_configured_system_prompt_goes_first():
+    record = {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}
+    assert to_messages(record, "messages", system_prompt="Be kind")[0] == {"role": "system", "content": "Be kind"}
+
+
+def test_field_renames():
+    record = {"Question": "q", "Answer": "a"}
+    assert to_messages(record, "qa", renames={"question": "Question", "answer": "Answer"}) == user_assistant("q", "a")
+
+
+def test_split_prompt_drops_trailing_answer():
+    assert split_prompt(user_assistant("p", "a")) == [{"role": "user", "content": "p"}]
+
+
+def write_jsonl(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_broken_json_line_is_named(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", ['{"question": "q", "answer": "a"}', '{"question": "q2", "answer": '])
+    with pytest.raises(RecordError) as caught:
+        load_records(path)
+    assert caught.value.source.endswith("bad.jsonl") and caught.value.location == "line 2"
+
+
+def test_missing_field_names_file_line_and_field(tmp_path, tokenizer):
+    lines = [json.dumps({"question": "q", "answer": "a"}), "", json.dumps({"question": "q2", "answer": "x"}),
+             json.dumps({"answer": "a3"})]
+    path = write_jsonl(tmp_path / "qa.jsonl", lines)
+    with pytest.raises(RecordError, match=r"qa\.jsonl, line 4: missing or invalid field 'question'"):
+        build_training_examples(load_records(path), tokenizer, ConversationSpec("qa"), None, path)
+
+
+def test_record_without_answer_cannot_train(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "qa.jsonl", [json.dumps({"question": "q"})])
+    with pytest.raises(RecordError, match="line 1: no answer to train on"):
+        build_training_examples(load_records(path), tokenizer, ConversationSpec("qa"), None, path)
+
+
+def test_truncation_is_counted_and_empty_examples_are_dropped(tmp_path, tokenizer):
+    # Prompt of "user\nq" turn = 9 tokens, header "<|im_start|>assistant\n" = 11 tokens: answers start at 20.
+    lines = [
+        json.dumps({"question": "q", "answer": "ab"}),  # 20 + 2 + 2 = 24 tokens: fits
+        json.dumps({"question": "q", "answer": "abcdefgh"}),  # 30 tokens: cut to 24, keeps 4 answer tokens
+        json.dumps({"question": "q" * 30, "answer": "a"}),  # the answer starts after token 24: dropped
+    ]
+    path = write_jsonl(tmp_path / "qa.jsonl", lines)
+    examples, stats = build_training_examples(load_records(path), tokenizer, ConversationSpec("qa"), 24, path)
+    assert (stats.records, stats.kept, stats.truncated, stats.dropped_no_trained_tokens) == (3, 2, 2, 1)
+    assert [len(ids) for ids in examples["input_ids"]] == [24, 24]
+    assert examples[1]["labels"][20:] == list(b"abcd")
+    assert stats.trained_tokens == 4 + 4
+
+
+def test_prompt_examples_keep_ids_types_and_order(tmp_path, tokenizer):
+    lines = [json.dumps({"id": "x9", "type": "math", "prompt": "1+1?"}),
+             json.dumps({"id": "x1", "type": "generic-generate", "prompt": "hi", "answer": "hello"})]
+    path = write_jsonl(tmp_path / "test.jsonl", lines)
+    prompts = build_prompt_examples(load_records(path), tokenizer, ConversationSpec("typed"), path)
+    assert prompts["id"] == ["x9", "x1"] and prompts["type"] == ["math", "generic-generate"]
+    expected = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=True)["input_ids"]
+    assert prompts[1]["prompt_ids"] == list(expected)  # the answer is not part of the prompt

@@ -1,0 +1,93 @@
+"""Training signal: loss normalisation under accumulation, what LoRA and full fine-tuning change,
+and that the model actually learns."""
+
+from functools import partial
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from datamodules.accumulation import StepTokenCounts
+from tests.factories import QA_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl
+
+SGD = partial(torch.optim.SGD, lr=1.0)
+
+
+def one_step_weights(model_dir, train_path, batch_size, accumulate):
+    module = sft_module(model_dir, optimizer=SGD, lr_schedule="constant")
+    trainer = quiet_trainer(max_steps=1, accumulate_grad_batches=accumulate)
+    torch.manual_seed(123)  # same shuffle order for both runs: RandomSampler permutes 8 indices
+    trainer.fit(module, qa_datamodule(model_dir, train_path, batch_size))
+    return {name: p.detach().clone() for name, p in module.model.named_parameters()}
+
+
+def test_accumulating_4_micro_batches_of_2_equals_one_batch_of_8(tiny_model_dir, tmp_path):
+    train_path = write_jsonl(tmp_path / "train.jsonl", QA_RECORDS)
+    initial = {n: p.detach().clone() for n, p in sft_module(tiny_model_dir).model.named_parameters()}
+    one_batch = one_step_weights(tiny_model_dir, train_path, batch_size=8, accumulate=1)
+    accumulated = one_step_weights(tiny_model_dir, train_path, batch_size=2, accumulate=4)
+    for name in one_batch:
+        update_big = one_batch[name] - initial[name]
+        update_accumulated = accumulated[name] - initial[name]
+        torch.testing.assert_close(update_accumulated, update_big, rtol=1e-4, atol=1e-6, msg=name)
+    assert any((one_batch[n] - initial[n]).abs().max() > 1e-4 for n in one_batch)  # it did move
+
+
+def test_step_loss_is_mean_over_all_step_tokens_not_mean_of_micro_batch_means(tiny_model_dir, tmp_path):
+    """The returned losses of a window add up to total summed loss / total trained tokens."""
+    train_path = write_jsonl(tmp_path / "train.jsonl", QA_RECORDS)
+    module = sft_module(tiny_model_dir)
+    datamodule = qa_datamodule(tiny_model_dir, train_path, batch_size=2)
+    datamodule.setup("fit")
+    ordered = datamodule._loader(datamodule.training_examples("train"), 2, False, datamodule._train_collator())
+    micro_batches = list(StepTokenCounts(ordered, accumulate_grad_batches=4))
+    step_loss = sum(module.head.training_loss(module.model, b)["loss"] for b in micro_batches)
+
+    summed, tokens, micro_means = 0.0, 0, []
+    for batch in micro_batches:
+        logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]
+        token_losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="sum")
+        summed, tokens = summed + token_losses, tokens + int((targets != -100).sum())
+        micro_means.append(token_losses / int((targets != -100).sum()))
+    torch.testing.assert_close(step_loss, summed / tokens)
+    assert abs(float(step_loss) - float(sum(micro_means) / 4)) > 1e-4  # the trap differs measurably
+
+
+def test_lora_step_changes_adapters_and_leaves_base_weights_bit_identical(tiny_model_dir, tmp_path):
+    train_path = write_jsonl(tmp_path / "train.jsonl", QA_RECORDS)
+    module = sft_module(tiny_model_dir, peft_config=LoraConfig(r=4, lora_alpha=8), optimizer=SGD)
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    quiet_trainer(max_steps=2).fit(module, qa_datamodule(tiny_model_dir, train_path, batch_size=4))
+    after = dict(module.model.named_parameters())
+    lora_names = [n for n in before if "lora_" in n]
+    assert lora_names and all(after[n].requires_grad for n in lora_names)
+    assert any(not torch.equal(before[n], after[n]) for n in lora_names if "lora_B" in n)
+    for name in before:
+        if "lora_" not in name:
+            assert torch.equal(before[name], after[name]), name
+    targeted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n in lora_names if "lora_A" in n}
+    assert targeted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_full_fine_tuning_changes_base_weights(tiny_model_dir, tmp_path):
+    train_path = write_jsonl(tmp_path / "train.jsonl", QA_RECORDS)
+    module = sft_module(tiny_model_dir, optimizer=SGD)
+    before = module.model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    quiet_trainer(max_steps=1).fit(module, qa_datamodule(tiny_model_dir, train_path, batch_size=4))
+    assert not torch.equal(before, module.model.model.layers[0].self_attn.q_proj.weight)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_model_dir", "tiny_qwen_dir"])
+def test_overfits_four_examples(model_fixture, request, tmp_path):
+    model_dir = request.getfixturevalue(model_fixture)
+    train_path = write_jsonl(tmp_path / "train.jsonl", QA_RECORDS[:4])
+    module = sft_module(model_dir, optimizer=partial(torch.optim.AdamW, lr=3e-3), lr_schedule="constant")
+    datamodule = qa_datamodule(model_dir, train_path, batch_size=4)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    start = float(module.head.evaluation_loss(module.model, batch).value)
+    quiet_trainer(max_steps=40).fit(module, datamodule)
+    end = float(module.head.evaluation_loss(module.model, batch).value)
+    assert end < 0.3 * start, (start, end)
