@@ -96,7 +96,8 @@ def typed_prompt(fields: FieldReader) -> str:
         if not isinstance(choices, Mapping) or not choices:
             raise MissingFieldError(fields.key("choices"), 'expected an object like {"A": "...", "B": "..."}')
         options = render_choice_options({k: v for k, v in choices.items() if v is not None})
-    return TYPED_PROMPT_TEMPLATES[question_type].format(prompt=fields.text("prompt"), options=options)
+    prompt = fields.text("prompt").strip("\n")  # HumanEval prompts start with blank lines
+    return TYPED_PROMPT_TEMPLATES[question_type].format(prompt=prompt, options=options)
 
 
 def from_typed(fields: FieldReader) -> list[Message]:
