@@ -18,7 +18,7 @@ demo: venv
 	$(BIN)/sft fetch-model smollm2-135m-instruct
 	$(BIN)/sft fit --config configs/demo.yaml
 	$(BIN)/sft predict --config configs/demo.yaml --ckpt_path last
-	$(BIN)/sft where --config configs/demo.yaml
+	@echo "TensorBoard: $(BIN)/tensorboard --logdir runs/demo"
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider

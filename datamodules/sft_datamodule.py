@@ -7,6 +7,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from datamodules.accumulation import StepTokenCounts
+from datamodules.batching import LengthGroupedBatchSampler
 from datamodules.collate import PromptCollator, training_collator
 from datamodules.preprocess import ConversationSpec, TokenStats, build_prompt_examples, build_training_examples
 from datamodules.records import load_records
@@ -26,6 +27,7 @@ class SFTDataModule(L.LightningDataModule):
         train_on: Literal["all_assistant", "last_assistant"] = "all_assistant",
         max_length: int = 1024,
         batch_size: int = 4,
+        group_by_length: bool = True,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         tokenizer_name_or_path: str | None = None,
@@ -42,6 +44,7 @@ class SFTDataModule(L.LightningDataModule):
             train_on: Train every assistant turn of a conversation, or only the last one.
             max_length: Examples longer than this many tokens are cut (and counted).
             batch_size: Training micro-batch size (sequences).
+            group_by_length: Batch training examples of similar length together (less padding).
             eval_batch_size: Batch size for validation, test and predict (default: batch_size).
             num_workers: DataLoader worker processes.
             tokenizer_name_or_path: Set from model.model_name_or_path; do not set it in YAML.
@@ -52,6 +55,7 @@ class SFTDataModule(L.LightningDataModule):
         self.paths = {"train": train_path, "val": val_path, "test": test_path, "predict": predict_path}
         self.max_length = max_length
         self.batch_size = batch_size
+        self.group_by_length = group_by_length
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.tokenizer_name_or_path = tokenizer_name_or_path
@@ -111,8 +115,18 @@ class SFTDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
+    def _length_grouped_loader(self, examples, collate_fn) -> DataLoader:
+        lengths = [len(ids) for ids in examples["input_ids"]]
+        batches = LengthGroupedBatchSampler(lengths, self.batch_size)
+        return DataLoader(examples.with_format(None), batch_sampler=batches, collate_fn=collate_fn,
+                          num_workers=self.num_workers)
+
     def train_dataloader(self):
-        loader = self._loader(self.training_examples("train"), self.batch_size, True, self._train_collator())
+        examples, collator = self.training_examples("train"), self._train_collator()
+        if self.group_by_length:
+            loader = self._length_grouped_loader(examples, collator)
+        else:
+            loader = self._loader(examples, self.batch_size, True, collator)
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         return StepTokenCounts(loader, accumulate)
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from callbacks.data_stats import DataStatsLogger
 from callbacks.prediction_writer import PredictionWriter
 from datamodules.sft_datamodule import SFTDataModule
 from lightning_app.run_dirs import newest_last_checkpoint, version_of_checkpoint
@@ -31,6 +32,7 @@ class SFTCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(DataStatsLogger, "data_stats")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)

@@ -36,6 +36,7 @@ def quiet_trainer(**overrides) -> L.Trainer:
 
 
 def qa_datamodule(model_dir, train_path: str, batch_size: int, **kwargs) -> SFTDataModule:
+    kwargs.setdefault("group_by_length", False)  # plain shuffling: the same order for any batch size
     return SFTDataModule(train_path=train_path, format="qa", batch_size=batch_size,
                          tokenizer_name_or_path=str(model_dir), **kwargs)
 

@@ -54,6 +54,8 @@ def test_fit_resume_and_predict(run_config, tmp_path):
     assert (run_dir / "config.yaml").is_file()
     events = EventAccumulator(str(run_dir)).Reload()
     assert {"train/loss_step", "val/loss", "lr-AdamW"} <= set(events.Tags()["scalars"])
+    kept = events.Scalars("data/train_kept")
+    assert [point.value for point in kept] == [len(TYPED_RECORDS)]
 
     main(["fit", "--config", run_config, "--trainer.max_steps", "4", "--ckpt_path", "last"])
     resumed = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
@@ -98,3 +100,24 @@ def test_inspect_dumps_what_training_uses(run_config, tmp_path, capsys):
     expected = tokenize_conversation(build_tokenizer(), to_messages(TYPED_RECORDS[0], "typed"))
     assert rows[0]["input_ids"] == expected["input_ids"] and rows[0]["labels"] == expected["labels"]
     assert "⟦2 × 3 = 6. \\boxed{6}<|im_end|>\n⟧" in capsys.readouterr().out
+
+
+def test_validate_and_test_from_a_checkpoint_report_token_mean_loss(run_config, tmp_path):
+    from lightning_app.cli import SFTCLI
+
+    main(["fit", "--config", run_config])
+    test_path = write_jsonl(tmp_path / "labelled_test.jsonl", TYPED_RECORDS)
+    validated = SFTCLI(args=["validate", "--config", run_config, "--ckpt_path", "last"])
+    tested = SFTCLI(args=["test", "--config", run_config, "--ckpt_path", "last", "--data.test_path", test_path])
+    val_loss = float(validated.trainer.callback_metrics["val/loss"])
+    test_loss = float(tested.trainer.callback_metrics["test/loss"])
+    assert 0 < val_loss < 20 and 0 < test_loss < 20
+    assert val_loss != test_loss  # two records vs four: different token means
+
+
+def test_print_config_shows_the_resolved_configuration(run_config, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", run_config, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["peft_config"]["class_path"] == "peft.LoraConfig"
+    assert "tokenizer_name_or_path" not in printed["data"]  # a link target: it follows the model

@@ -111,3 +111,33 @@ def test_prompt_examples_keep_ids_types_and_order(tmp_path, tokenizer):
     expected = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"]
     assert prompts[1]["prompt_ids"] == list(expected)  # the answer is not part of the prompt
+
+
+def test_csv_and_parquet_load_and_csv_errors_name_the_line(tmp_path, tokenizer):
+    import datasets as hf_datasets
+
+    records = [{"question": "q1", "answer": "a1"}, {"question": "", "answer": "a2"}]
+    csv_path = tmp_path / "qa.csv"
+    csv_path.write_text("question,answer\nq1,a1\n,a2\n", encoding="utf-8")
+    parquet_path = str(tmp_path / "qa.parquet")
+    hf_datasets.Dataset.from_list(records[:1]).to_parquet(parquet_path)
+
+    examples, _ = build_training_examples(load_records(parquet_path), tokenizer, ConversationSpec("qa"), None,
+                                          parquet_path)
+    assert len(examples) == 1
+    with pytest.raises(RecordError, match=r"qa\.csv, line 3: missing or invalid field 'question'"):
+        build_training_examples(load_records(str(csv_path)), tokenizer, ConversationSpec("qa"), None, str(csv_path))
+
+
+def test_a_name_that_is_not_a_file_goes_to_the_hub_loader(monkeypatch):
+    import datamodules.records as records_module
+
+    calls = []
+    monkeypatch.setattr(records_module.datasets, "load_dataset", lambda name, split: calls.append((name, split)))
+    load_records("someone/some-sft-data", split="validation")
+    assert calls == [("someone/some-sft-data", "validation")]
+
+
+def test_missing_local_file_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
+        load_records("nowhere.jsonl")

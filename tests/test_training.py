@@ -91,3 +91,16 @@ def test_overfits_four_examples(model_fixture, request, tmp_path):
     quiet_trainer(max_steps=40).fit(module, datamodule)
     end = float(module.head.evaluation_loss(module.model, batch).value)
     assert end < 0.3 * start, (start, end)
+
+
+def test_length_grouped_batches_cover_every_example_once_with_little_padding():
+    from datamodules.batching import LengthGroupedBatchSampler
+
+    lengths = [(i * 37) % 100 + 1 for i in range(64)]
+    torch.manual_seed(0)
+    batches = list(LengthGroupedBatchSampler(lengths, batch_size=8, window_batches=8))
+    assert sorted(i for batch in batches for i in batch) == list(range(64))
+    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+    assert padded < 1.15 * sum(lengths)  # shuffled batches of 8 would pad far more
+    first_batch_lengths = [max(lengths[i] for i in batch) for batch in batches]
+    assert first_batch_lengths != sorted(first_batch_lengths, reverse=True)  # batch order is shuffled
