@@ -4,7 +4,12 @@ Averaging the loss per micro-batch and then over micro-batches weights a short a
 more than a long one's; the right loss divides the summed token losses of all micro-batches of an
 optimizer step by the number of trained tokens in all of them. That number is only known once
 every micro-batch of the step has been seen, so this wrapper reads ahead one accumulation window
-and stamps each batch with ``step_trained_tokens``.
+and stamps each batch with the step's totals:
+
+- ``step_trained_tokens``: trained tokens of all rows (the LM head's divisor);
+- ``step_lm_tokens``: trained tokens of the rows that are not choice questions (the multi head
+  sends choice rows to the choice head, so their letters are not LM targets there);
+- ``step_choice_records``: choice rows (the choice head's loss is a mean over records).
 """
 
 from collections.abc import Iterable, Iterator
@@ -15,9 +20,20 @@ import torch
 IGNORE_INDEX = -100
 
 
-def trained_tokens_in(batch: dict[str, Any]) -> int:
-    """Labels that reach the loss: after the causal shift, position 0 is never a target."""
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+def trained_tokens_in(batch: dict[str, Any], rows: torch.Tensor | None = None) -> int:
+    """Labels that reach the loss (after the causal shift, position 0 is never a target)."""
+    targets = batch["labels"][:, 1:] if rows is None else batch["labels"][rows, 1:]
+    return int((targets != IGNORE_INDEX).sum())
+
+
+def step_totals(window: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The divisors of one optimizer step's losses, summed over its micro-batches."""
+    choice_rows = [batch.get("is_choice", torch.zeros(len(batch["labels"]), dtype=torch.bool)) for batch in window]
+    return {
+        "step_trained_tokens": torch.tensor(sum(trained_tokens_in(batch) for batch in window)),
+        "step_lm_tokens": torch.tensor(sum(trained_tokens_in(b, ~rows) for b, rows in zip(window, choice_rows))),
+        "step_choice_records": torch.tensor(sum(int(rows.sum()) for rows in choice_rows)),
+    }
 
 
 class StepTokenCounts(Iterable):
@@ -41,7 +57,7 @@ class StepTokenCounts(Iterable):
 
     @staticmethod
     def _stamped(window: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        step_tokens = torch.tensor(sum(trained_tokens_in(batch) for batch in window))
+        totals = step_totals(window)
         for batch in window:
-            batch["step_trained_tokens"] = step_tokens
+            batch.update(totals)
             yield batch

@@ -12,6 +12,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from datamodules.choice_fields import NO_LABEL, answer_position, choice_fields
 from datamodules.chat_tokens import count_trained, prompt_ids_for_generation, tokenize_conversation, truncate
 from datamodules.formats import MissingFieldError, split_prompt, to_messages
 from datamodules.records import RecordError, RowLocator
@@ -29,6 +30,15 @@ class ConversationSpec:
     def messages(self, record: Mapping[str, Any], locator: RowLocator, row_index: int) -> list[dict]:
         try:
             return to_messages(record, self.record_format, self.renames, self.system_prompt)
+        except MissingFieldError as error:
+            raise RecordError(locator.source, locator.describe(row_index), str(error)) from None
+
+    def head_fields(self, record: Mapping[str, Any], locator: RowLocator, row_index: int) -> dict:
+        """Question type and choice options/label (typed records only)."""
+        if self.record_format != "typed":
+            return {"record_type": "", "num_choices": 0, "choice_label": NO_LABEL}
+        try:
+            return choice_fields(record, self.renames)
         except MissingFieldError as error:
             raise RecordError(locator.source, locator.describe(row_index), str(error)) from None
 
@@ -56,6 +66,12 @@ class TokenStats:
         )
 
 
+def record_id(record, row_index: int, spec: ConversationSpec) -> str:
+    """The record's ``id`` field (renamable), else its row number: answers are keyed by it."""
+    value = record.get(spec.renames.get("id", "id"))
+    return str(value) if value is not None else str(row_index)
+
+
 def _training_row(record, row_index, tokenizer, spec: ConversationSpec, max_length, locator):
     messages = spec.messages(record, locator, row_index)
     if not any(message["role"] == "assistant" for message in messages):
@@ -63,8 +79,11 @@ def _training_row(record, row_index, tokenizer, spec: ConversationSpec, max_leng
     example, was_truncated = truncate(tokenize_conversation(tokenizer, messages, spec.train_on), max_length)
     return {
         **example,
+        **spec.head_fields(record, locator, row_index),
+        "answer_position": answer_position(example["labels"]),
         "n_trained": count_trained(example["labels"]),
         "truncated": was_truncated,
+        "id": record_id(record, row_index, spec),
         "row_index": row_index,
     }
 
@@ -101,13 +120,14 @@ def _stats(tokenized: datasets.Dataset, kept: datasets.Dataset) -> TokenStats:
     )
 
 
-def _prompt_row(record, row_index, tokenizer, spec: ConversationSpec, locator, id_field, type_field):
+def _prompt_row(record, row_index, tokenizer, spec: ConversationSpec, locator):
     messages = split_prompt(spec.messages(record, locator, row_index))
-    record_id = record.get(id_field)
+    head_fields = spec.head_fields(record, locator, row_index)
     return {
         "prompt_ids": prompt_ids_for_generation(tokenizer, messages),
-        "id": str(record_id) if record_id is not None else str(row_index),
-        "type": str(record.get(type_field) or ""),
+        "id": record_id(record, row_index, spec),
+        "type": head_fields.pop("record_type"),
+        **head_fields,
         "row_index": row_index,
     }
 
@@ -116,13 +136,7 @@ def build_prompt_examples(
     records: datasets.Dataset, tokenizer: Any, spec: ConversationSpec, source: str
 ) -> datasets.Dataset:
     """Prompts to generate from, in input order, each with its record id and question type."""
-    fn_kwargs = {
-        "tokenizer": tokenizer,
-        "spec": spec,
-        "locator": RowLocator(source),
-        "id_field": spec.renames.get("id", "id"),
-        "type_field": spec.renames.get("type", "type"),
-    }
+    fn_kwargs = {"tokenizer": tokenizer, "spec": spec, "locator": RowLocator(source)}
     return records.map(
         _prompt_row,
         with_indices=True,

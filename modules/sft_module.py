@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftConfig
 
 from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
-from modules.generation import GenerationSettings
+from modules.generation import GenerationPlan, GenerationSettings, default_per_type
 from modules.heads import Head, LMHead
 from modules.loading import load_causal_lm, load_tokenizer
 from modules.optim import parameter_groups, schedule
@@ -35,6 +35,7 @@ class SFTModule(L.LightningModule):
         lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
         warmup: float = 0.0,
         generation: GenerationSettings | None = None,
+        generation_per_type: dict[str, GenerationSettings] | None = None,
     ):
         """
         Args:
@@ -47,7 +48,9 @@ class SFTModule(L.LightningModule):
             optimizer: Optimizer class_path/init_args; biases and norms get no weight decay.
             lr_schedule: Learning-rate decay after warmup, stepped every optimizer step.
             warmup: Warmup length: a fraction of all optimizer steps if below 1, else a step count.
-            generation: Generation settings for predict (greedy by default).
+            generation: Default generation settings for predict and test (greedy by default).
+            generation_per_type: Settings per question type, e.g. {code-generate: {num_samples: 3,
+                do_sample: true}}; default: 3 sampled answers for code-generate, the default for the rest.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["head", "optimizer", "generation", "peft_config"])
@@ -60,7 +63,8 @@ class SFTModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.warmup = warmup
-        self.generation = generation or GenerationSettings()
+        per_type = default_per_type() if generation_per_type is None else generation_per_type
+        self.generation = GenerationPlan(generation or GenerationSettings(), per_type)
         self.model = None
         self._tokenizer = None
         self.tokens_seen = 0
@@ -78,6 +82,7 @@ class SFTModule(L.LightningModule):
             model.enable_input_require_grads()
         self.model = apply_peft(model, self.peft_config)
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
+        self.head.setup(self.model, self.tokenizer)
         trainable, total = trainable_parameter_counts(self.model)
         self.trainable_share = trainable / total
         rank_zero_info(f"trainable parameters: {trainable:,} of {total:,} ({100 * self.trainable_share:.3f}%)")
@@ -110,14 +115,19 @@ class SFTModule(L.LightningModule):
 
     # 3. Evaluate --------------------------------------------------------------------------------
     def _evaluation_step(self, batch: dict, stage: str) -> None:
-        loss = self.head.evaluation_loss(self.model, batch)
-        self.log(f"{stage}/loss", loss.value, batch_size=loss.count, on_epoch=True, prog_bar=True)
+        """Token-mean losses and accuracies, each weighted by what it is a mean over."""
+        for name, value in self.head.evaluation(self.model, batch).items():
+            if value.count:
+                self.log(f"{stage}/{name}", value.value, batch_size=value.count, on_epoch=True,
+                         prog_bar=(name == "loss"))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Test loss, and answers for the answer-metrics callback to score against the references."""
         self._evaluation_step(batch, "test")
+        return self.predict_step(batch, batch_idx)
 
     # 4. Predict ---------------------------------------------------------------------------------
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:

@@ -9,6 +9,7 @@ from datamodules.chat_tokens import (
     render_ids,
     tokenize_conversation,
 )
+from datamodules.choice_fields import answer_position
 from datamodules.collate import training_collator
 from datamodules.formats import to_messages
 from tests.tiny import IM_END, IM_START, byte_ids
@@ -74,6 +75,8 @@ def test_end_of_turn_stays_trained_after_padding_with_the_same_token(tokenizer):
     """pad == eos == <|im_end|>: padding must not erase the trained <|im_end|>."""
     short = tokenize_conversation(tokenizer, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     long = tokenize_conversation(tokenizer, [{"role": "user", "content": "aaaa"}, {"role": "assistant", "content": "bbbb"}])
+    for position, example in enumerate([short, long]):
+        example.update(id=str(position), row_index=position, answer_position=answer_position(example["labels"]))
     batch = training_collator(pad_token_id=tokenizer.pad_token_id)([short, long])
     row = batch["labels"][0].tolist()
     length = len(short["input_ids"])

@@ -69,7 +69,9 @@ def test_fit_resume_and_predict(run_config, tmp_path):
     answers = json.loads((tmp_path / "runs" / "tiny" / "version_1" / "predictions.json").read_text())
     ids = [row["id"] for row in answers["result"]["results"]]
     assert ids == ["t4", "t3", "t2", "t1"]  # every input id once, in input order
-    assert all(isinstance(row["content"], str) for row in answers["result"]["results"])
+    contents = {row["id"]: row["content"] for row in answers["result"]["results"]}
+    assert isinstance(contents["t4"], list) and len(contents["t4"]) == 3  # code: 3 samples by default
+    assert all(isinstance(contents[record_id], str) for record_id in ("t1", "t2", "t3"))
     lines = (tmp_path / "runs" / "tiny" / "version_1" / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["code-generate", "generic-generate", "choice", "math"]
 

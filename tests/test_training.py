@@ -87,9 +87,9 @@ def test_overfits_four_examples(model_fixture, request, tmp_path):
     datamodule = qa_datamodule(model_dir, train_path, batch_size=4)
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
-    start = float(module.head.evaluation_loss(module.model, batch).value)
+    start = float(module.head.evaluation(module.model, batch)["loss"].value)
     quiet_trainer(max_steps=40).fit(module, datamodule)
-    end = float(module.head.evaluation_loss(module.model, batch).value)
+    end = float(module.head.evaluation(module.model, batch)["loss"].value)
     assert end < 0.3 * start, (start, end)
 
 

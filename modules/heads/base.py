@@ -1,0 +1,52 @@
+"""What every head provides, and the pieces heads share."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from modules.generation import GenerationPlan, generate_for_rows
+
+
+@dataclass
+class EvalValue:
+    """A mean (a loss, an accuracy) and how many items it is a mean over, for weighted averaging."""
+
+    value: torch.Tensor
+    count: int
+
+
+class Head(nn.Module):
+    """A head turns backbone outputs into (1) training losses, (2) evaluation values, (3) answers."""
+
+    def setup(self, model: nn.Module, tokenizer) -> None:
+        """Called once the backbone is loaded: build parameters that depend on it."""
+
+    def training_loss(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """``{"loss": ..., parts...}``; each a sum over this micro-batch divided by the step's total."""
+        raise NotImplementedError
+
+    def evaluation(self, model: nn.Module, batch: dict) -> dict[str, EvalValue]:
+        """``{"loss": ..., other values...}`` for validation and test."""
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, tokenizer, batch: dict, plan: GenerationPlan) -> list[str | list[str]]:
+        """One answer per row (a list of samples where the plan asks for several)."""
+        return generate_for_rows(model, tokenizer, batch, plan, rows=list(range(len(batch["ids"]))))
+
+
+def forward(model: nn.Module, batch: dict, labels: torch.Tensor | None = None, divisor=None, hidden=False):
+    """One backbone pass over the right-padded training sequences."""
+    extra = {"num_items_in_batch": divisor} if divisor is not None else {}
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                 output_hidden_states=hidden, **extra)
+
+
+def at_answer_positions(per_token: torch.Tensor, batch: dict, input_length: int) -> torch.Tensor:
+    """Rows of ``per_token`` (batch, seq, dim) at each row's ``answer_position`` → (batch, dim).
+
+    Prompt-learning PEFT methods prepend virtual tokens; the offset skips them.
+    """
+    offset = per_token.shape[1] - input_length
+    rows = torch.arange(per_token.shape[0], device=per_token.device)
+    return per_token[rows, batch["answer_position"].to(per_token.device) + offset]

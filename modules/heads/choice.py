@@ -1,0 +1,113 @@
+"""The choice head, and the multi head that routes each record to the LM or the choice head.
+
+The choice head is a linear classifier over the backbone's last hidden state at the end of the
+prompt (the position where the answer's first token is predicted), one logit per option letter;
+options a record lacks are masked out, so they can never be predicted. The multi head sends
+``choice`` records through it and every other record through the LM head, in the same forward
+pass; its loss is ``lm_weight * lm_loss + choice_weight * choice_loss``, each logged apart.
+"""
+
+import torch
+from torch import nn
+
+from datamodules.accumulation import trained_tokens_in
+from modules.generation import GenerationPlan, generate_for_rows
+from modules.heads import letters
+from modules.heads.base import EvalValue, Head, at_answer_positions, forward
+from modules.heads.lm import letter_scoring
+
+IGNORE_INDEX = -100
+
+
+class MultiHead(Head):
+    def __init__(self, lm_weight: float = 1.0, choice_weight: float = 1.0, max_choices: int = 5):
+        """
+        Args:
+            lm_weight: Weight of the LM loss (non-choice records) in the total loss.
+            choice_weight: Weight of the choice-head loss (choice records) in the total loss.
+            max_choices: Most options a choice record may have (A, B, ... up to this many).
+        """
+        super().__init__()
+        self.lm_weight, self.choice_weight, self.max_choices = lm_weight, choice_weight, max_choices
+        self.classifier: nn.Linear | None = None
+        self.letter_ids: list[int] = []
+
+    def setup(self, model, tokenizer) -> None:
+        hidden_size = model.get_input_embeddings().embedding_dim
+        self.classifier = nn.Linear(hidden_size, self.max_choices)
+        self.letter_ids = letters.letter_token_ids(tokenizer, self.max_choices)
+
+    def _check_options(self, batch: dict) -> None:
+        most = int(batch["num_choices"].max()) if len(batch["num_choices"]) else 0
+        if most > self.max_choices:
+            raise ValueError(f"a choice record has {most} options but the head's max_choices is {self.max_choices}")
+
+    def _option_logits(self, hidden_states: torch.Tensor, batch: dict, input_length: int, rows) -> torch.Tensor:
+        """Masked (rows, max_choices) logits of the classifier at the answer positions."""
+        at_answer = at_answer_positions(hidden_states, batch, input_length)[rows]  # (rows, hidden)
+        option_logits = self.classifier(at_answer.to(self.classifier.weight.dtype))
+        return letters.mask_missing_options(option_logits, batch["num_choices"][rows])
+
+    def _parts(self, model, batch: dict, lm_divisor=None):
+        """One forward pass: LM outputs on non-choice rows, option logits of the choice rows."""
+        self._check_options(batch)
+        choice_rows = batch["is_choice"]
+        lm_labels = batch["labels"].masked_fill(choice_rows[:, None], IGNORE_INDEX)
+        outputs = forward(model, batch, lm_labels, divisor=lm_divisor, hidden=True)
+        option_logits = self._option_logits(outputs.hidden_states[-1], batch, batch["input_ids"].shape[1], choice_rows)
+        return outputs, option_logits, choice_rows
+
+    def training_loss(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        outputs, option_logits, choice_rows = self._parts(model, batch, batch["step_lm_tokens"].clamp(min=1))
+        gold = batch["choice_label"][choice_rows].to(option_logits.device)
+        choice_sum = nn.functional.cross_entropy(option_logits, gold, reduction="sum") if len(gold) else 0.0 * outputs.loss
+        choice_loss = choice_sum / batch["step_choice_records"].clamp(min=1)
+        loss = self.lm_weight * outputs.loss + self.choice_weight * choice_loss
+        return {"loss": loss, "lm_loss": outputs.loss, "choice_loss": choice_loss}
+
+    def evaluation(self, model, batch: dict) -> dict[str, EvalValue]:
+        outputs, option_logits, choice_rows = self._parts(model, batch)
+        lm_tokens = trained_tokens_in(batch, ~choice_rows)
+        values = {"lm_loss": EvalValue(outputs.loss, lm_tokens)} if lm_tokens else {}
+        labelled = batch["choice_label"][choice_rows] >= 0
+        if labelled.any():
+            gold = batch["choice_label"][choice_rows][labelled].to(option_logits.device)
+            values["choice_loss"] = EvalValue(nn.functional.cross_entropy(option_logits[labelled], gold), len(gold))
+            values["choice_accuracy"] = EvalValue(letters.accuracy(option_logits[labelled], gold), len(gold))
+            values.update(letter_scoring(self.letter_ids, outputs.logits, batch))
+        total = sum(self._weight(name) * value.value for name, value in values.items() if name.endswith("_loss"))
+        values["loss"] = EvalValue(torch.as_tensor(total), len(batch["ids"]))
+        return values
+
+    def _weight(self, loss_name: str) -> float:
+        return self.lm_weight if loss_name == "lm_loss" else self.choice_weight
+
+    def predict(self, model, tokenizer, batch: dict, plan: GenerationPlan) -> list:
+        choice_rows = batch["is_choice"].tolist()
+        generated_rows = [row for row, is_choice in enumerate(choice_rows) if not is_choice]
+        answers = dict(zip(generated_rows, generate_for_rows(model, tokenizer, batch, plan, generated_rows)))
+        if any(choice_rows):
+            answers.update(self._choice_answers(model, batch))
+        return [answers[row] for row in range(len(choice_rows))]
+
+    @torch.no_grad()
+    def _choice_answers(self, model, batch: dict) -> dict[int, str]:
+        self._check_options(batch)
+        outputs = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_attention_mask"],
+                        output_hidden_states=True)
+        last_hidden = outputs.hidden_states[-1][:, -1]  # (batch, hidden): left padding puts the prompt end last
+        option_logits = letters.mask_missing_options(self.classifier(last_hidden.to(self.classifier.weight.dtype)),
+                                                     batch["num_choices"])
+        predicted = letters.to_letters(option_logits)
+        return {row: predicted[row] for row, is_choice in enumerate(batch["is_choice"].tolist()) if is_choice}
+
+
+class ChoiceHead(MultiHead):
+    """Only the choice classifier is trained; other records (if any) are answered by the untrained LM."""
+
+    def __init__(self, max_choices: int = 5):
+        """
+        Args:
+            max_choices: Most options a choice record may have (A, B, ... up to this many).
+        """
+        super().__init__(lm_weight=0.0, choice_weight=1.0, max_choices=max_choices)
