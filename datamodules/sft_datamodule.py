@@ -88,6 +88,10 @@ class SFTDataModule(L.LightningDataModule):
             rank_zero_info(stats.summary(split))
         return self.examples[split]
 
+    def reference_records(self, split: str) -> list[dict]:
+        """The raw records of a split, as the scorer compares answers with them."""
+        return load_records(self.split_path(split)).to_list()
+
     def prompt_examples(self, split: str = "predict"):
         if split not in self.examples:
             path = self.split_path(split)

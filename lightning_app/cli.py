@@ -5,8 +5,13 @@ from pathlib import Path
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from callbacks.answer_metrics import AnswerMetrics
 from callbacks.data_stats import DataStatsLogger
+from callbacks.memory import MemoryMonitor
+from callbacks.merge_adapters import MergeAdapters
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.run_summary import RunSummary
+from callbacks.throughput import SFTThroughputMonitor
 from datamodules.sft_datamodule import SFTDataModule
 from lightning_app.run_dirs import newest_last_checkpoint, version_of_checkpoint
 from modules.sft_module import SFTModule
@@ -16,6 +21,19 @@ TRAINER_DEFAULTS = {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "runs", "name": "sft"},
     },
+}
+
+# Callbacks every run has; each is configured under its key (e.g. --merge.enabled false).
+ALWAYS_ON_CALLBACKS = {
+    "checkpoint": ModelCheckpoint,
+    "lr_monitor": LearningRateMonitor,
+    "predictions": PredictionWriter,
+    "data_stats": DataStatsLogger,
+    "answer_metrics": AnswerMetrics,
+    "merge": MergeAdapters,
+    "memory": MemoryMonitor,
+    "throughput": SFTThroughputMonitor,
+    "run_summary": RunSummary,
 }
 
 
@@ -28,11 +46,9 @@ class SFTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The tokenizer follows the model, never the other way (see STYLE.md: links and ckpt_path).
         parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        for key, callback_class in ALWAYS_ON_CALLBACKS.items():
+            parser.add_lightning_class_args(callback_class, key)
         parser.set_defaults({"checkpoint.save_last": True})
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
-        parser.add_lightning_class_args(PredictionWriter, "predictions")
-        parser.add_lightning_class_args(DataStatsLogger, "data_stats")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)

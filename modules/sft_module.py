@@ -16,7 +16,9 @@ from peft import PeftConfig
 
 from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
 from modules.generation import GenerationPlan, GenerationSettings, default_per_type
+from modules.embedded import resolve_model_path
 from modules.heads import Head, LMHead
+from modules.heads.choice_export import restore_choice_head
 from modules.loading import load_causal_lm, load_tokenizer
 from modules.optim import parameter_groups, schedule
 from modules.peft_setup import apply_peft, trainable_parameter_counts
@@ -83,6 +85,7 @@ class SFTModule(L.LightningModule):
         self.model = apply_peft(model, self.peft_config)
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
         self.head.setup(self.model, self.tokenizer)
+        restore_choice_head(self.head, resolve_model_path(self.model_name_or_path))
         trainable, total = trainable_parameter_counts(self.model)
         self.trainable_share = trainable / total
         rank_zero_info(f"trainable parameters: {trainable:,} of {total:,} ({100 * self.trainable_share:.3f}%)")

@@ -19,7 +19,8 @@ TYPED_RECORDS = [
     {"id": "t2", "type": "choice", "prompt": "Even?", "choices": {"A": "3", "B": "4"}, "answer": "B"},
     {"id": "t3", "type": "generic-generate", "prompt": "Reverse 'ab'", "answer": "ba"},
     {"id": "t4", "type": "code-generate", "prompt": "def f():\n    \"\"\"Return 1.\"\"\"\n",
-     "answer": "```python\ndef f():\n    return 1\n```"},
+     "answer": "```python\ndef f():\n    return 1\n```", "test": "def check(candidate):\n    assert candidate() == 1\n",
+     "entry_point": "f"},
 ]
 
 

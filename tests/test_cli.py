@@ -123,3 +123,44 @@ def test_print_config_shows_the_resolved_configuration(run_config, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["peft_config"]["class_path"] == "peft.LoraConfig"
     assert "tokenizer_name_or_path" not in printed["data"]  # a link target: it follows the model
+
+
+def test_sft_test_scores_per_type_and_sft_score_agrees(run_config, tmp_path, capsys):
+    main(["fit", "--config", run_config])
+    labelled = write_jsonl(tmp_path / "labelled.jsonl", TYPED_RECORDS)
+    main(["test", "--config", run_config, "--ckpt_path", "last", "--data.test_path", labelled])
+    test_run = tmp_path / "runs" / "tiny" / "version_1"
+    metrics = json.loads((test_run / "metrics.json").read_text())
+    assert {"choice", "math", "generic-generate", "code-generate", "overall"} <= set(metrics)
+    assert metrics["code-generate"]["samples"] == 3  # three sampled answers were executed
+    assert all(0.0 <= value <= 1.0 for value in (metrics["choice"]["accuracy"], metrics["overall"]["score"]))
+    assert "overall" in capsys.readouterr().out  # the table was printed
+    events = EventAccumulator(str(test_run)).Reload()
+    assert "test/choice/accuracy" in events.Tags()["scalars"]
+
+    rescored_path = tmp_path / "rescored.json"
+    main(["score", "--predictions", str(test_run / "test_answers" / "predictions.json"),
+          "--references", labelled, "--out", str(rescored_path)])
+    rescored = json.loads(rescored_path.read_text())
+    assert rescored == metrics  # one scorer for runs and for answers files made elsewhere
+
+
+def test_report_compares_base_and_tuned_runs(run_config, tmp_path):
+    main(["fit", "--config", run_config])
+    labelled = write_jsonl(tmp_path / "labelled.jsonl", TYPED_RECORDS)
+    main(["test", "--config", run_config, "--ckpt_path", "last", "--data.test_path", labelled])  # version_1
+    main(["test", "--config", run_config, "--data.test_path", labelled])  # version_2: the base model
+    runs = tmp_path / "runs" / "tiny"
+    out = tmp_path / "report"
+    main(["report", "--base", str(runs / "version_2"), "--tuned", str(runs / "version_1"),
+          "--references", labelled, "--out", str(out)])
+    markdown = (out / "report.md").read_text()
+    base_metrics = json.loads((runs / "version_2" / "metrics.json").read_text())
+    tuned_metrics = json.loads((runs / "version_1" / "metrics.json").read_text())
+    accuracy_row = (f"| choice | accuracy | {base_metrics['choice']['accuracy']:.3f} | "
+                    f"{tuned_metrics['choice']['accuracy']:.3f} |")
+    assert accuracy_row in markdown
+    for record in TYPED_RECORDS:
+        assert f"| {record['type']} | {record['id']} |" in markdown  # an example row per type
+    assert "<table>" in (out / "report.html").read_text()
+    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # from the training run's events

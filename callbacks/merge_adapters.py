@@ -1,0 +1,65 @@
+"""At the end of ``fit``: a deployable Hugging Face folder, checked against the trained model.
+
+Serving a PEFT run's adapter needs peft and the exact base; the folder this writes loads with plain
+``AutoModelForCausalLM.from_pretrained`` (tokenizer, chat template and any choice head included).
+The merge, the logit check and the failure policy live in ``modules/merging.py``; this callback
+picks the weights (the best checkpoint by default) and calls it on rank 0.
+"""
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from modules.checkpoint_keys import check_checkpoint_keys
+from modules.merging import export_model
+
+
+class MergeAdapters(Callback):
+    """Exports on rank 0 at the end of fit. With ``use_best`` the module keeps the best checkpoint's
+    weights afterwards (what was exported is what the module holds)."""
+
+    def __init__(self, output_dir: str | None = None, use_best: bool = True, max_relative_error: float = 1e-3,
+                 enabled: bool = True):
+        """
+        Args:
+            output_dir: Folder for the merged model (default: ``<log_dir>/merged``).
+            use_best: Export the best checkpoint's weights (if one was saved), else the end-of-fit weights.
+            max_relative_error: Largest allowed max|merged - adapter| / max|adapter| of the probe logits;
+                above it the folder is renamed ``<output_dir>.failed`` and the run fails. QLoRA with a
+                bf16 compute dtype measures bf16 rounding too: allow about 2e-2 there.
+            enabled: Set false to skip merging.
+        """
+        self.output_dir = output_dir
+        self.use_best = use_best
+        self.max_relative_error = max_relative_error
+        self.enabled = enabled
+        self.report: dict | None = None
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not self.enabled:
+            return
+        output_dir = Path(self.output_dir or Path(trainer.log_dir) / "merged")  # log_dir: every rank must ask
+        if not trainer.is_global_zero:
+            return
+        checkpoint_path = best_checkpoint_path(trainer) if self.use_best else None
+        if checkpoint_path is not None:
+            load_checkpoint_weights(pl_module, checkpoint_path)
+        weights = f"best checkpoint {checkpoint_path}" if checkpoint_path else "end of fit"
+        self.report = export_model(pl_module.model, pl_module.tokenizer, output_dir, head=pl_module.head,
+                                   max_relative_error=self.max_relative_error, weights=weights)
+
+
+def best_checkpoint_path(trainer) -> str | None:
+    """The best checkpoint file, if the run saved one (sharded checkpoints are folders: not handled)."""
+    path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+    return path if path and Path(path).is_file() else None
+
+
+def load_checkpoint_weights(module, checkpoint_path: str) -> None:
+    """Load a checkpoint's weights into ``module``: non-strict (PEFT ones hold only trainable
+    weights), with every checkpoint key checked to exist in the module."""
+    # weights_only=False: a Lightning checkpoint of this very run also holds loop state and hparams.
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["state_dict"]
+    check_checkpoint_keys(module, state)
+    module.load_state_dict(state, strict=False)

@@ -1,0 +1,167 @@
+"""One file per run that says what was trained and how it went: ``summary.json`` and ``summary.md``.
+
+Written into ``trainer.log_dir`` (``runs/<name>/version_N/``) when a fit ends, and again when a
+test on the same Trainer ends, to add its ``test/...`` metrics. ``sft compare`` reads the json of
+several runs; the Markdown is the same table with one row, for a person opening the folder.
+
+Fields of ``summary.json`` (None where the figure was not measured):
+
+- ``method``: the PEFT config's class name (``LoraConfig``, ...) or ``full``;
+- ``optimizer`` and ``lr``: the optimizer's class name and its configured (not decayed) learning rate;
+- ``trainable_percent``: trainable parameters as a share of all, in percent;
+- ``peak_memory_mib`` and ``peak_memory_kind``: the fit's peak GPU memory allocated
+  (``gpu_allocated``) or, on a CPU, the process's peak resident memory (``cpu_rss``), from
+  ``MemoryMonitor``; ``memory`` holds all of its figures;
+- ``epoch_seconds``, ``step_seconds``, ``tokens_per_second``, ``samples_per_second``, ``mfu``: the
+  last epoch's, from ``SFTThroughputMonitor`` (tokens are real tokens, not padding);
+- ``final_train_loss``: the last epoch's token-weighted train loss; ``last_step_train_loss``: its
+  last logged step's; ``final_val_loss``: the last validation's;
+- ``test_metrics``: every ``test/...`` metric, when a test ran;
+- ``epochs``, ``global_step``: how far training went.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
+from callbacks.memory import MemoryMonitor
+from callbacks.throughput import SFTThroughputMonitor
+
+# (heading, summary field, format): the table of summary.md, and of ``sft compare`` across runs.
+SUMMARY_COLUMNS = [
+    ("run", "run", "{}"),
+    ("method", "method", "{}"),
+    ("optimizer", "optimizer_with_lr", "{}"),
+    ("trainable %", "trainable_percent", "{:.3f}"),
+    ("peak memory (MiB)", "peak_memory", "{}"),
+    ("time/epoch (s)", "epoch_seconds", "{:.2f}"),
+    ("tokens/s", "tokens_per_second", "{:.1f}"),
+    ("final train loss", "final_train_loss", "{:.4f}"),
+    ("final val loss", "final_val_loss", "{:.4f}"),
+]
+
+
+class RunSummary(Callback):
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        """After every ``on_fit_end``/``on_test_end``, so the memory monitor has closed its windows."""
+        if stage not in ("fit", "test") or not trainer.is_global_zero:
+            return
+        folder = Path(trainer.log_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = build_summary(trainer, pl_module, f"{folder.parent.name}/{folder.name}")
+        if stage == "test":
+            summary = _keep_training_figures(folder / "summary.json", summary)
+        write_atomically(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_atomically(folder / "summary.md", summary_markdown(summary))
+
+
+def build_summary(trainer, pl_module, run_name: str) -> dict:
+    memory = _find_callback(trainer, MemoryMonitor)
+    throughput = _find_callback(trainer, SFTThroughputMonitor)
+    speed = throughput.summary if throughput else {}
+    optimizer = trainer.optimizers[0] if trainer.optimizers else None
+    return {
+        "run": run_name,
+        "method": type(pl_module.peft_config).__name__ if pl_module.peft_config is not None else "full",
+        "optimizer": type(optimizer).__name__ if optimizer else None,
+        "lr": _configured_lr(optimizer),
+        "trainable_percent": 100 * pl_module.trainable_share,
+        **_peak_memory(memory.summary if memory else {}),
+        "memory": dict(memory.summary) if memory else {},
+        **{name: speed.get(name) for name in
+           ("epoch_seconds", "step_seconds", "tokens_per_second", "samples_per_second", "mfu")},
+        "final_train_loss": _metric(trainer, "train/loss_epoch"),
+        "last_step_train_loss": _metric(trainer, "train/loss_step"),
+        "final_val_loss": _metric(trainer, "val/loss"),
+        "test_metrics": {name: float(value) for name, value in trainer.callback_metrics.items()
+                         if name.startswith("test/")},
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+    }
+
+
+def _peak_memory(memory_summary: dict[str, float]) -> dict:
+    if "fit_peak_allocated_mib" in memory_summary:
+        return {"peak_memory_mib": memory_summary["fit_peak_allocated_mib"], "peak_memory_kind": "gpu_allocated"}
+    if "cpu_peak_rss_mib" in memory_summary:
+        return {"peak_memory_mib": memory_summary["cpu_peak_rss_mib"], "peak_memory_kind": "cpu_rss"}
+    return {"peak_memory_mib": None, "peak_memory_kind": None}
+
+
+def _keep_training_figures(summary_path: Path, test_summary: dict) -> dict:
+    """A test after a fit adds its metrics; the fit's losses and speed stay as they were."""
+    if not summary_path.exists():
+        return test_summary
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary["test_metrics"] = test_summary["test_metrics"]
+    return summary
+
+
+def _configured_lr(optimizer) -> float | None:
+    """The lr the optimizer was built with (a tensor for some fused optimizers), not the schedule's last."""
+    lr = optimizer.defaults.get("lr") if optimizer is not None else None
+    return None if lr is None else float(lr)
+
+
+def _find_callback(trainer, callback_class):
+    return next((callback for callback in trainer.callbacks if isinstance(callback, callback_class)), None)
+
+
+def _metric(trainer, name: str) -> float | None:
+    value = trainer.callback_metrics.get(name)
+    return None if value is None else float(value)
+
+
+# Markdown ---------------------------------------------------------------------------------------
+def summary_markdown(summary: dict) -> str:
+    lines = [f"# Run summary: {summary['run']}", "", summary_table([summary]), ""]
+    if summary["test_metrics"]:
+        lines += ["## Test metrics", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in sorted(summary["test_metrics"].items())]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def summary_table(summaries: list[dict]) -> str:
+    """A Markdown table, one row per run summary; "n/a" where a figure was not measured."""
+    header = "| " + " | ".join(heading for heading, _, _ in SUMMARY_COLUMNS) + " |"
+    rule = "|" + "|".join(" --- " for _ in SUMMARY_COLUMNS) + "|"
+    rows = ["| " + " | ".join(_cell(summary, field, form) for _, field, form in SUMMARY_COLUMNS) + " |"
+            for summary in summaries]
+    return "\n".join([header, rule, *rows])
+
+
+def _cell(summary: dict, field: str, form: str) -> str:
+    if field == "optimizer_with_lr":
+        text = _optimizer_text(summary.get("optimizer"), summary.get("lr"))
+    elif field == "peak_memory":
+        text = _memory_text(summary.get("peak_memory_mib"), summary.get("peak_memory_kind"))
+    else:
+        text = None if summary.get(field) is None else form.format(summary[field])
+    return "n/a" if text is None else text.replace("|", "\\|")
+
+
+def _optimizer_text(name: str | None, lr: float | None) -> str | None:
+    if name is None:
+        return None
+    return name if lr is None else f"{name} (lr {lr:g})"
+
+
+def _memory_text(mib: float | None, kind: str | None) -> str | None:
+    labels = {"gpu_allocated": "GPU", "cpu_rss": "CPU RSS"}
+    return None if mib is None else f"{mib:.1f} ({labels.get(kind, kind)})"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """A reader (or a crash) never sees half a file: write a temporary file beside it, then rename."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

@@ -1,0 +1,190 @@
+"""Training speed: seconds per epoch and per optimizer step, real tokens and samples per second, MFU.
+
+Built on Lightning's ``ThroughputMonitor``, which this subclasses rather than re-derives:
+
+- It is given ``length_fn=real_tokens_in``, so its token counts are ``attention_mask.sum()``:
+  padding is work the GPU does but not work the run needed, and counting it would flatter a run
+  that pads badly (shuffled batches of mixed lengths) over one that groups by length.
+- Its clock excludes validation (it moves its training start time past every validation run), so
+  the epoch figures here are training time only.
+- Every step it logs rolling figures over the last ``window_size`` batches under
+  ``train/device/...`` (``items_per_sec`` = real tokens/s, ``samples_per_sec``, ``flops_per_sec``,
+  ``mfu`` on a GPU it knows) and running totals ``train/time``, ``train/samples``,
+  ``train/lengths``; the same for validation under ``validate/...``.
+
+On top, at the end of every training epoch this logs whole-epoch figures and keeps them in
+``summary`` for the run summary: ``time/epoch_seconds``, ``time/step_seconds`` (mean per
+optimizer step), ``throughput/tokens_per_second``, ``throughput/samples_per_second`` and, where
+Lightning knows the device's peak FLOP/s (CUDA GPUs in its table; never on CPU),
+``throughput/mfu``.
+
+FLOPs (for MFU) are model FLOPs of the useful work, estimated per batch from its real tokens:
+a matmul weight of N parameters costs 2·N·T forward over T tokens, 2·N·T backward for the
+gradient with respect to its input and another 2·N·T for the gradient of the weight itself, which
+only trainable weights need. So a batch costs (4·N + 2·N_trainable)·T: 6·N·T for full fine-tuning,
+about 4·N·T for LoRA (frozen base, tiny adapters). Attention scores and mixing add
+12·layers·heads·head_dim·L² per row of length L (4 forward, 8 backward; PaLM's convention, not
+halved for causal masking). N excludes the input embedding (a lookup, not a matmul) unless it is
+tied to the output layer. Gradient-checkpointing's recomputed forward is not counted: MFU
+measures useful work, not what the hardware redid.
+"""
+
+import torch
+from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def samples_in(batch: dict) -> int:
+    """Rows (conversations) in a batch."""
+    return int(batch["input_ids"].shape[0])
+
+
+def real_tokens_in(batch: dict) -> int:
+    """Tokens that are not padding: ``attention_mask`` is 1 on real tokens."""
+    return int(batch["attention_mask"].sum())
+
+
+def matmul_parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(all, trainable) parameters that take part in a matmul per token: all but the input embedding."""
+    input_embedding = model.get_input_embeddings().weight
+    output_layer = model.get_output_embeddings()
+    tied = output_layer is not None and output_layer.weight is input_embedding
+    counted = [p for p in model.parameters() if tied or p is not input_embedding]
+    return sum(p.numel() for p in counted), sum(p.numel() for p in counted if p.requires_grad)
+
+
+def attention_width(config) -> tuple[int, int]:
+    """(layers, heads × head_dim) of a transformers config; grouped K/V heads are expanded for the scores."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers, config.num_attention_heads * head_dim
+
+
+def training_flops(model: torch.nn.Module, attention_mask: torch.Tensor) -> int:
+    """Forward + backward model FLOPs of one micro-batch (see the module docstring)."""
+    matmul_params, trainable_params = matmul_parameter_counts(model)
+    row_lengths = attention_mask.sum(dim=1)  # (batch,)
+    layers, width = attention_width(model.config)
+    linear = (4 * matmul_params + 2 * trainable_params) * int(row_lengths.sum())
+    attention = 12 * layers * width * int((row_lengths**2).sum())
+    return linear + attention
+
+
+def forward_flops(model: torch.nn.Module, attention_mask: torch.Tensor) -> int:
+    """Forward-only model FLOPs of one evaluation batch: a third of full fine-tuning's step."""
+    matmul_params, _ = matmul_parameter_counts(model)
+    row_lengths = attention_mask.sum(dim=1)
+    layers, width = attention_width(model.config)
+    return 2 * matmul_params * int(row_lengths.sum()) + 4 * layers * width * int((row_lengths**2).sum())
+
+
+class SFTThroughputMonitor(ThroughputMonitor):
+    def __init__(self, window_size: int = 20):
+        """
+        Args:
+            window_size: Batches in the rolling average of the per-step figures (at least 2); the
+                per-epoch figures cover the whole epoch whatever this is.
+        """
+        super().__init__(batch_size_fn=samples_in, length_fn=real_tokens_in, window_size=window_size)
+        self.summary: dict[str, float] = {}
+        self._training_flops = 0
+        self._epoch_start_totals = _Totals()
+        self._epoch_start_step = 0
+
+    # 1. The device's peak, for the weights' real compute dtype ------------------------------------
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._use_peak_of_compute_dtype(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._use_peak_of_compute_dtype(trainer, pl_module)  # also covers a standalone ``validate``
+        super().on_validation_start(trainer, pl_module)
+
+    def _use_peak_of_compute_dtype(self, trainer, pl_module) -> None:
+        """Lightning picks the peak FLOP/s from the Trainer's precision alone, so bfloat16 weights under
+        the default ``32-true`` would be measured against the float32 (or TF32) peak and MFU overstated 2-15x."""
+        if trainer.strategy.root_device.type != "cuda":
+            return
+        dtype = compute_dtype(_plugin_to_compute_dtype(trainer.precision_plugin), pl_module.model)
+        self.available_flops = get_available_flops(trainer.strategy.root_device, dtype)
+        for throughput in self._throughputs.values():
+            throughput.available_flops = self.available_flops
+
+    # 2. FLOPs per batch -----------------------------------------------------------------------------
+    # Lightning reads ``flops_per_batch`` off the module at every batch end; batches differ in length,
+    # so it is set per batch from that batch's real tokens.
+    def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:
+        pl_module.flops_per_batch = training_flops(pl_module.model, batch["attention_mask"])
+
+    def on_validation_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0):
+        pl_module.flops_per_batch = forward_flops(pl_module.model, batch["attention_mask"])
+
+    def on_test_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0):
+        pl_module.flops_per_batch = None  # test also generates answers: its FLOPs are not one forward pass
+
+    def on_predict_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0):
+        pl_module.flops_per_batch = None  # generation: many forward passes of growing length
+
+    # 3. Whole-epoch figures -------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._training_flops = 0  # Lightning's clock and counters restart here too
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._training_flops += pl_module.flops_per_batch  # Lightning keeps only a window of these
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start_totals = self._training_totals()
+        self._epoch_start_step = trainer.global_step
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = self._training_totals().minus(self._epoch_start_totals)
+        if epoch.seconds <= 0:
+            return
+        figures = {
+            "time/epoch_seconds": epoch.seconds,
+            "throughput/tokens_per_second": epoch.tokens / epoch.seconds,
+            "throughput/samples_per_second": epoch.samples / epoch.seconds,
+        }
+        optimizer_steps = trainer.global_step - self._epoch_start_step
+        if optimizer_steps > 0:
+            figures["time/step_seconds"] = epoch.seconds / optimizer_steps
+        if self.available_flops:
+            figures["throughput/mfu"] = epoch.flops / epoch.seconds / self.available_flops
+        self.summary = {name.split("/", 1)[1]: float(value) for name, value in figures.items()}
+        self.summary["epoch_tokens"] = float(epoch.tokens)
+        for logger in trainer.loggers:
+            logger.log_metrics(figures, step=trainer.global_step)
+
+    def _training_totals(self) -> "_Totals":
+        """Running totals since training started; Lightning's clock leaves validation time out."""
+        throughput = self._throughputs.get(RunningStage.TRAINING)
+        if throughput is None or not throughput._time:  # before the first batch, or not rank zero
+            return _Totals()
+        totals = throughput.compute()  # time, samples and lengths are running totals, not rates
+        return _Totals(totals["time"], totals["lengths"], totals["samples"], self._training_flops)
+
+
+def compute_dtype(precision_dtype: torch.dtype, model: torch.nn.Module) -> torch.dtype:
+    """The dtype the matmuls run in: the precision plugin's, or the weights' if those are narrower."""
+    if precision_dtype != torch.float32:
+        return precision_dtype
+    weight_dtypes = {}
+    for parameter in model.parameters():
+        weight_dtypes[parameter.dtype] = weight_dtypes.get(parameter.dtype, 0) + parameter.numel()
+    most_weights = max(weight_dtypes, key=weight_dtypes.get)
+    return most_weights if most_weights in (torch.bfloat16, torch.float16) else precision_dtype
+
+
+class _Totals:
+    """Training seconds, real tokens, samples and FLOPs counted so far."""
+
+    def __init__(self, seconds: float = 0.0, tokens: int = 0, samples: int = 0, flops: int = 0):
+        self.seconds, self.tokens, self.samples, self.flops = seconds, tokens, samples, flops
+
+    def minus(self, earlier: "_Totals") -> "_Totals":
+        return _Totals(self.seconds - earlier.seconds, self.tokens - earlier.tokens,
+                       self.samples - earlier.samples, self.flops - earlier.flops)

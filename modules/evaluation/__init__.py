@@ -1,0 +1,1 @@
+"""Evaluation: metrics per question type, and running generated code safely."""

@@ -1,0 +1,153 @@
+"""``sft report``: base vs tuned, side by side, as Markdown and HTML with loss curves.
+
+Each side is either the directory of an ``sft test`` run (its ``metrics.json`` and
+``test_answers/predictions.jsonl``) or an answers file, scored here against the references with
+the same scorer as ``sft score``. The loss curves come from the training run behind the tuned side:
+the run itself if it logged training loss, else the run its ``config.yaml``'s ``ckpt_path`` points
+into.
+"""
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from modules.evaluation.scoring import PRIMARY_METRICS, load_predictions, load_references, score_answers
+
+EXAMPLES_PER_TYPE = 3
+
+
+@dataclass
+class Side:
+    """One side of the comparison: its name, answers by id, and metrics by type."""
+
+    name: str
+    answers: dict
+    metrics: dict
+    source: Path
+
+
+def load_side(name: str, run_or_answers: str, references: list[dict]) -> Side:
+    source = Path(run_or_answers)
+    if source.is_dir():
+        answers = load_predictions(str(source / "test_answers" / "predictions.jsonl"))
+        metrics_path = source / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else score_answers(answers, references)
+    else:
+        answers = load_predictions(str(source))
+        metrics = score_answers(answers, references)
+    return Side(name, answers, metrics, source)
+
+
+def training_run_of(run_dir: Path) -> Path | None:
+    """The directory whose TensorBoard events hold the training loss behind ``run_dir``."""
+    if not run_dir.is_dir():
+        return None
+    config_path = run_dir / "config.yaml"
+    checkpoint = (yaml.safe_load(config_path.read_text()) or {}).get("ckpt_path") if config_path.is_file() else None
+    if checkpoint and Path(checkpoint).parent.name == "checkpoints":
+        return Path(checkpoint).parent.parent
+    return run_dir
+
+
+def metric_rows(base: Side, tuned: Side) -> list[list[str]]:
+    """[type, metric, base, tuned, change] for every metric either side has."""
+    rows = []
+    types = [t for t in list(PRIMARY_METRICS) + ["overall"] if t in base.metrics or t in tuned.metrics]
+    for record_type in types:
+        names = sorted(set(base.metrics.get(record_type, {})) | set(tuned.metrics.get(record_type, {})))
+        for name in names:
+            before, after = base.metrics.get(record_type, {}).get(name), tuned.metrics.get(record_type, {}).get(name)
+            if isinstance(before, (int, float)) or isinstance(after, (int, float)):
+                rows.append([record_type, name, _number(before), _number(after), _change(before, after)])
+    return rows
+
+
+def _number(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def _change(before, after) -> str:
+    if isinstance(before, (int, float)) and isinstance(after, (int, float)):
+        return f"{after - before:+.3f}"
+    return ""
+
+
+def example_rows(base: Side, tuned: Side, references: list[dict]) -> list[list[str]]:
+    """A few [type, id, prompt, base answer, tuned answer, reference] per question type."""
+    shown: dict[str, int] = {}
+    rows = []
+    for reference in references:
+        record_type = reference.get("type", "qa")
+        if shown.get(record_type, 0) >= EXAMPLES_PER_TYPE:
+            continue
+        shown[record_type] = shown.get(record_type, 0) + 1
+        record_id = str(reference["id"])
+        rows.append([record_type, record_id, str(reference.get("prompt", reference.get("question", ""))),
+                     _first(base.answers.get(record_id)), _first(tuned.answers.get(record_id)),
+                     str(reference.get("answer", ""))])
+    return rows
+
+
+def _first(content) -> str:
+    if isinstance(content, list):
+        return content[0] if content else ""
+    return "" if content is None else str(content)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td><pre>{html.escape(c)}</pre></td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+METRIC_HEADER = ["type", "metric", "base", "tuned", "change"]
+EXAMPLE_HEADER = ["type", "id", "prompt", "base answer", "tuned answer", "reference"]
+
+
+def write_report(base: Side, tuned: Side, references: list[dict], out_dir: Path, curves: Path | None) -> Path:
+    """Writes ``report.md`` and ``report.html`` into ``out_dir``; returns the Markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics, examples = metric_rows(base, tuned), example_rows(base, tuned, references)
+    title = f"{base.name} vs {tuned.name}"
+    curve_md = f"\n## Loss curves\n\n![loss curves]({curves.name})\n" if curves else ""
+    markdown = (f"# {title}\n\nbase: `{base.source}`  \ntuned: `{tuned.source}`\n\n## Metrics per type\n\n"
+                f"{markdown_table(METRIC_HEADER, metrics)}\n{curve_md}\n## Examples\n\n"
+                f"{markdown_table(EXAMPLE_HEADER, examples)}\n")
+    curve_html = f'<h2>Loss curves</h2><img src="{html.escape(curves.name)}">' if curves else ""
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}"
+            "pre{white-space:pre-wrap;margin:0;max-width:40em}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><h2>Metrics per type</h2>{html_table(METRIC_HEADER, metrics)}"
+            f"{curve_html}<h2>Examples</h2>{html_table(EXAMPLE_HEADER, examples)}</body></html>\n")
+    (out_dir / "report.html").write_text(page, encoding="utf-8")
+    markdown_path = out_dir / "report.md"
+    markdown_path.write_text(markdown, encoding="utf-8")
+    return markdown_path
+
+
+def build_report(base: str, tuned: str, references_path: str, out_dir: str, names=("base", "tuned")) -> Path:
+    references = load_references(references_path)
+    base_side = load_side(names[0], base, references)
+    tuned_side = load_side(names[1], tuned, references)
+    curves = None
+    training_run = training_run_of(tuned_side.source)
+    if training_run is not None:
+        from lightning_app.compare import plot_loss_curves, read_loss_curves  # matplotlib: the picture only
+
+        curves = Path(out_dir) / "loss_curves.png"
+        curves.parent.mkdir(parents=True, exist_ok=True)
+        plot_loss_curves([(tuned_side.name, read_loss_curves(training_run))], curves)
+    return write_report(base_side, tuned_side, references, Path(out_dir), curves)
