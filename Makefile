@@ -13,12 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test,data]"
 	touch $(STAMP)
 
-# Fetch SmolLM2-135M-Instruct, fine-tune it with LoRA on the bundled data, answer the test set.
+# Fetch SmolLM2-135M-Instruct, fine-tune it with LoRA on the bundled data, score base and tuned on
+# the test set, answer it, and print the comparison.
 demo: venv
 	$(BIN)/sft fetch-model smollm2-135m-instruct
-	$(BIN)/sft fit --config configs/demo.yaml
-	$(BIN)/sft predict --config configs/demo.yaml --ckpt_path last
-	@echo "TensorBoard: $(BIN)/tensorboard --logdir runs/demo"
+	$(BIN)/sft demo --config configs/demo.yaml --references data/bundled/test.jsonl
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider

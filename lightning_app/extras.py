@@ -64,5 +64,13 @@ def compare_command(argv: list[str]) -> None:
     compare(argv)
 
 
+def demo_command(argv: list[str]) -> None:
+    """sft demo: fit, test tuned and base, predict, report (what `make demo` runs)."""
+    from lightning_app.demo import demo_command as demo
+
+    demo(argv)
+
+
 EXTRA_COMMANDS = {"inspect": inspect_command, "fetch-model": fetch_model_command, "score": score_command,
-                  "report": report_command, "compare": compare_command}
+                  "report": report_command, "compare": compare_command,
+                  "demo": demo_command}

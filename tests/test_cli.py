@@ -164,3 +164,16 @@ def test_report_compares_base_and_tuned_runs(run_config, tmp_path):
         assert f"| {record['type']} | {record['id']} |" in markdown  # an example row per type
     assert "<table>" in (out / "report.html").read_text()
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # from the training run's events
+
+
+def test_demo_command_runs_every_step_and_prints_where_things_are(run_config, tmp_path, capsys):
+    labelled = write_jsonl(tmp_path / "labelled.jsonl", TYPED_RECORDS)
+    main(["demo", "--config", run_config, "--references", labelled])
+    printed = capsys.readouterr().out
+    places = dict(line.split(": ", 1) for line in printed.splitlines()
+                  if line.split(": ", 1)[0] in {"checkpoint", "answers", "report", "merged model"})
+    assert Path(places["checkpoint"]).is_file() and Path(places["report"]).is_file()
+    answers = json.loads(Path(places["answers"]).read_text())
+    assert [row["id"] for row in answers["result"]["results"]] == ["t4", "t3", "t2", "t1"]
+    assert (Path(places["merged model"]) / "merge_report.json").is_file()
+    assert "| choice | accuracy |" in printed  # the base-vs-tuned table was printed
