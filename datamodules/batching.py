@@ -29,3 +29,31 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             batches += [window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)]
         for position in torch.randperm(len(batches)).tolist():
             yield batches[position]
+
+
+class TypeGroupedBatchSampler(Sampler[list[int]]):
+    """Evaluation batches holding one question type each, in input order within a type.
+
+    Generation settings differ per type, so a mixed batch needs one ``generate`` call per type;
+    on a CPU, one call over 8 rows costs about as much as one over 2 (reading the weights
+    dominates), so grouping cuts generation time several-fold. Answers are put back in input
+    order afterwards by their row index.
+
+    >>> list(TypeGroupedBatchSampler(["a", "b", "a", "a"], 2))
+    [[0, 2], [3], [1]]
+    """
+
+    def __init__(self, record_types: list[str], batch_size: int):
+        self.record_types = list(record_types)
+        self.batch_size = batch_size
+        rows_by_type: dict[str, list[int]] = {}
+        for row, record_type in enumerate(self.record_types):
+            rows_by_type.setdefault(record_type, []).append(row)
+        self.batches = [rows[i : i + batch_size] for rows in rows_by_type.values()
+                        for i in range(0, len(rows), batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)

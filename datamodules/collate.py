@@ -26,7 +26,7 @@ def _left_padded(sequences: list[list[int]], pad_token_id: int) -> dict[str, tor
 
 
 def _head_fields(examples: list[dict[str, Any]]) -> dict[str, Any]:
-    types = [example.get("record_type", example.get("type", "")) for example in examples]
+    types = [example["record_type"] for example in examples]
     return {
         "ids": [example["id"] for example in examples],
         "types": types,

@@ -122,12 +122,10 @@ def _stats(tokenized: datasets.Dataset, kept: datasets.Dataset) -> TokenStats:
 
 def _prompt_row(record, row_index, tokenizer, spec: ConversationSpec, locator):
     messages = split_prompt(spec.messages(record, locator, row_index))
-    head_fields = spec.head_fields(record, locator, row_index)
     return {
         "prompt_ids": prompt_ids_for_generation(tokenizer, messages),
         "id": record_id(record, row_index, spec),
-        "type": head_fields.pop("record_type"),
-        **head_fields,
+        **spec.head_fields(record, locator, row_index),
         "row_index": row_index,
     }
 

@@ -7,7 +7,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from datamodules.accumulation import StepTokenCounts
-from datamodules.batching import LengthGroupedBatchSampler
+from datamodules.batching import LengthGroupedBatchSampler, TypeGroupedBatchSampler
 from datamodules.collate import PromptCollator, training_collator
 from datamodules.preprocess import ConversationSpec, TokenStats, build_prompt_examples, build_training_examples
 from datamodules.records import load_records
@@ -139,12 +139,18 @@ class SFTDataModule(L.LightningDataModule):
             return []
         return self._loader(self.training_examples("val"), self.eval_batch_size, False, self._train_collator())
 
+    def answering_loader(self, examples, collate_fn) -> DataLoader:
+        """Batches of one question type each, for the splits whose answers are generated."""
+        batches = TypeGroupedBatchSampler(examples["record_type"], self.eval_batch_size)
+        return DataLoader(examples.with_format(None), batch_sampler=batches, collate_fn=collate_fn,
+                          num_workers=self.num_workers)
+
     def test_dataloader(self):
-        return self._loader(self.training_examples("test"), self.eval_batch_size, False, self._train_collator())
+        return self.answering_loader(self.training_examples("test"), self._train_collator())
 
     def predict_dataloader(self):
         collator = PromptCollator(pad_token_id=self.tokenizer.pad_token_id)
-        return self._loader(self.prompt_examples("predict"), self.eval_batch_size, False, collator)
+        return self.answering_loader(self.prompt_examples("predict"), collator)
 
     def _train_collator(self):
         return training_collator(pad_token_id=self.tokenizer.pad_token_id)

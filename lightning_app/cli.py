@@ -12,6 +12,7 @@ from callbacks.merge_adapters import MergeAdapters
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_summary import RunSummary
 from callbacks.throughput import SFTThroughputMonitor
+from callbacks.validation_answers import ValidationAnswers
 from datamodules.sft_datamodule import SFTDataModule
 from lightning_app.run_dirs import newest_last_checkpoint, version_of_checkpoint
 from modules.sft_module import SFTModule
@@ -30,6 +31,7 @@ ALWAYS_ON_CALLBACKS = {
     "predictions": PredictionWriter,
     "data_stats": DataStatsLogger,
     "answer_metrics": AnswerMetrics,
+    "val_answers": ValidationAnswers,
     "merge": MergeAdapters,
     "memory": MemoryMonitor,
     "throughput": SFTThroughputMonitor,

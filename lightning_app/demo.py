@@ -5,34 +5,38 @@ run directories are read back from each step, so nothing depends on version numb
 """
 
 import argparse
+import gc
 from pathlib import Path
 
 from lightning_app.cli import SFTCLI
 from modules.evaluation.report import build_report
 
 
-def _run(args: list[str]) -> SFTCLI:
+def _run(args: list[str]) -> tuple[Path, str]:
+    """Run one subcommand; return its run directory and last checkpoint, and free its model."""
     print(f"\n=== sft {' '.join(args)}", flush=True)
-    return SFTCLI(args=args)
+    cli = SFTCLI(args=args)
+    run_dir, checkpoint = Path(cli.trainer.log_dir), cli.trainer.checkpoint_callback.last_model_path
+    del cli
+    gc.collect()  # each step loads the model anew: do not keep the previous one (and its optimizer) alive
+    return run_dir, checkpoint
 
 
 def run_demo(config: str, references: str, extra: list[str]) -> dict[str, Path]:
     """Returns where the checkpoint, the runs, the answers and the report are."""
-    fitted = _run(["fit", "--config", config, *extra])
-    checkpoint = fitted.trainer.checkpoint_callback.last_model_path
-    tuned = _run(["test", "--config", config, "--ckpt_path", checkpoint, "--data.test_path", references, *extra])
-    base = _run(["test", "--config", config, "--data.test_path", references, *extra])
-    predicted = _run(["predict", "--config", config, "--ckpt_path", checkpoint, *extra])
-    fit_dir = Path(fitted.trainer.log_dir)
-    report = build_report(base.trainer.log_dir, tuned.trainer.log_dir, references,
-                          str(fit_dir / "report"))
+    fit_dir, checkpoint = _run(["fit", "--config", config, *extra])
+    tuned_dir, _ = _run(["test", "--config", config, "--ckpt_path", checkpoint, "--data.test_path", references,
+                         *extra])
+    base_dir, _ = _run(["test", "--config", config, "--data.test_path", references, *extra])
+    predict_dir, _ = _run(["predict", "--config", config, "--ckpt_path", checkpoint, *extra])
+    report = build_report(str(base_dir), str(tuned_dir), references, str(fit_dir / "report"))
     return {
         "checkpoint": Path(checkpoint),
         "merged model": fit_dir / "merged",
         "TensorBoard logs": fit_dir,
-        "answers": Path(predicted.trainer.log_dir) / "predictions.json",
-        "base test run": Path(base.trainer.log_dir),
-        "tuned test run": Path(tuned.trainer.log_dir),
+        "answers": predict_dir / "predictions.json",
+        "base test run": base_dir,
+        "tuned test run": tuned_dir,
         "report": report,
     }
 

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modules.embedded import resolve_model_path
+from modules.quantization import bitsandbytes_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -39,14 +40,18 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None):
-    """The causal LM in ``dtype`` (float32, bfloat16, float16 or auto)."""
+def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,
+                   quantization: str | None = None):
+    """The causal LM in ``dtype`` (float32, bfloat16, float16 or auto); with ``quantization``
+    (``4bit`` or ``8bit``) its linear weights are quantized by bitsandbytes on the current GPU."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
+    quantization_config = bitsandbytes_config(quantization)  # no CUDA: stops here, before any download
     resolved = resolve_model_path(name_or_path)
     try:
         return AutoModelForCausalLM.from_pretrained(
-            resolved, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+            resolved, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+            quantization_config=quantization_config,
         )
     except OSError as error:
         raise _explain(name_or_path, "model", error) from error

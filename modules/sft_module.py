@@ -11,7 +11,7 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import PeftConfig
 
 from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
@@ -21,7 +21,20 @@ from modules.heads import Head, LMHead
 from modules.heads.choice_export import restore_choice_head
 from modules.loading import load_causal_lm, load_tokenizer
 from modules.optim import parameter_groups, schedule
-from modules.peft_setup import apply_peft, trainable_parameter_counts
+from modules.peft_setup import (
+    adalora_budget_state,
+    apply_peft,
+    restore_adalora_budget_state,
+    set_adalora_total_step,
+    trainable_parameter_counts,
+    update_adalora_budget,
+    weigh_adalora_regulariser,
+)
+from modules.quantization import (
+    prepare_for_kbit_training,
+    require_cuda_for_optimizer,
+    require_cuda_for_quantization,
+)
 
 
 class SFTModule(L.LightningModule):
@@ -33,6 +46,7 @@ class SFTModule(L.LightningModule):
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
+        quantization: Literal["4bit", "8bit"] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
         warmup: float = 0.0,
@@ -47,6 +61,9 @@ class SFTModule(L.LightningModule):
             dtype: Weights' dtype when loading.
             attn_implementation: eager, sdpa, flash_attention_2 ... (default: transformers' choice).
             gradient_checkpointing: Recompute activations in backward to save memory.
+            quantization: Load the frozen base in 4 bits (QLoRA: NF4, double quantization, bfloat16
+                compute) or 8 bits with bitsandbytes, to fit bigger models in GPU memory; needs a
+                peft_config (quantized weights cannot be trained) and a CUDA GPU.
             optimizer: Optimizer class_path/init_args; biases and norms get no weight decay.
             lr_schedule: Learning-rate decay after warmup, stepped every optimizer step.
             warmup: Warmup length: a fraction of all optimizer steps if below 1, else a step count.
@@ -55,6 +72,11 @@ class SFTModule(L.LightningModule):
                 do_sample: true}}; default: 3 sampled answers for code-generate, the default for the rest.
         """
         super().__init__()
+        if quantization is not None and peft_config is None:
+            raise ValueError(
+                f"model.quantization: {quantization} needs a model.peft_config: quantized base weights cannot be "
+                "trained, only an adapter on top of them (e.g. peft.LoraConfig, which makes it QLoRA)"
+            )
         self.save_hyperparameters(ignore=["head", "optimizer", "generation", "peft_config"])
         self.model_name_or_path = model_name_or_path
         self.peft_config = peft_config
@@ -62,6 +84,7 @@ class SFTModule(L.LightningModule):
         self.dtype_name = dtype
         self.attn_implementation = attn_implementation
         self.gradient_checkpointing = gradient_checkpointing
+        self.quantization = quantization
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.warmup = warmup
@@ -75,20 +98,43 @@ class SFTModule(L.LightningModule):
         self.strict_loading = peft_config is None
 
     # 1. Build -----------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Runs before the data module reads the tokenizer: a missing GPU stops the run before any download."""
+        require_cuda_for_quantization(self.quantization)
+
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        model = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation)
-        if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
+        model = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation,
+                               quantization=self.quantization)
+        self._prepare_for_training(model)
         self.model = apply_peft(model, self.peft_config)
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
         self.head.setup(self.model, self.tokenizer)
         restore_choice_head(self.head, resolve_model_path(self.model_name_or_path))
-        trainable, total = trainable_parameter_counts(self.model)
-        self.trainable_share = trainable / total
-        rank_zero_info(f"trainable parameters: {trainable:,} of {total:,} ({100 * self.trainable_share:.3f}%)")
+        # Counted over the whole module: the backbone (with any adapter) and the head's own weights.
+        self.trainable_parameters, self.total_parameters = trainable_parameter_counts(self)
+        self.trainable_share = self.trainable_parameters / self.total_parameters
+        rank_zero_info(f"trainable parameters: {self.trainable_parameters:,} of {self.total_parameters:,} "
+                       f"({100 * self.trainable_share:.3f}%)")
+
+    def _prepare_for_training(self, model) -> None:
+        """A quantized base gets peft's k-bit preparation (it also handles gradient checkpointing)."""
+        if self.quantization is not None:
+            prepare_for_kbit_training(model, self.gradient_checkpointing)
+        elif self.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+
+    def on_fit_start(self) -> None:
+        """The trainer's data is set up by now: AdaLoRA's schedule takes its step count from it."""
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        warning = set_adalora_total_step(self.model, self.peft_config, total_steps)
+        if warning:
+            rank_zero_warn(warning)
+        for logger in self.loggers:
+            logger.log_metrics({"model/trainable_parameters": float(self.trainable_parameters),
+                                "model/trainable_percent": 100 * self.trainable_share}, step=self.global_step)
 
     @property
     def tokenizer(self):
@@ -98,6 +144,8 @@ class SFTModule(L.LightningModule):
 
     # 2. Train -----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # AdaLoRA's regulariser rides on every micro-batch's loss: one share per micro-batch is once a step.
+        weigh_adalora_regulariser(self.model, self.peft_config, 1 / self.trainer.accumulate_grad_batches)
         losses = self.head.training_loss(self.model, batch)
         step_tokens = batch["step_trained_tokens"]
         batch_tokens = max(1, int((batch["labels"][:, 1:] != -100).sum()))
@@ -119,6 +167,7 @@ class SFTModule(L.LightningModule):
     # 3. Evaluate --------------------------------------------------------------------------------
     def _evaluation_step(self, batch: dict, stage: str) -> None:
         """Token-mean losses and accuracies, each weighted by what it is a mean over."""
+        weigh_adalora_regulariser(self.model, self.peft_config, 0.0)  # val/test loss: the LM loss alone
         for name, value in self.head.evaluation(self.model, batch).items():
             if value.count:
                 self.log(f"{stage}/{name}", value.value, batch_size=value.count, on_epoch=True,
@@ -145,14 +194,26 @@ class SFTModule(L.LightningModule):
         if self.peft_config is not None:
             checkpoint["state_dict"] = trainable_state(self, checkpoint["state_dict"])
         checkpoint["tokens_seen"] = [self.tokens_seen, self.trained_tokens_seen]
+        budget_state = adalora_budget_state(self.model)
+        if budget_state is not None:
+            checkpoint["adalora_budget"] = budget_state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_checkpoint_keys(self, checkpoint["state_dict"])
         self.tokens_seen, self.trained_tokens_seen = checkpoint.get("tokens_seen", [0, 0])
+        restore_adalora_budget_state(self.model, checkpoint.get("adalora_budget"))
 
     # 6. Optimizer and schedule -------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(parameter_groups(self.named_parameters()))
+        require_cuda_for_optimizer(optimizer)
         total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = schedule(optimizer, self.lr_schedule, self.warmup, total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """After the step and before Lightning zeroes the gradients (at the next step's start),
+        AdaLoRA scores and prunes ranks from this step's gradients."""
+        step_index = self.global_step  # 0-based index of the step being taken, as peft counts
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        update_adalora_budget(self.model, step_index)

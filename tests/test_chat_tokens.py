@@ -76,7 +76,8 @@ def test_end_of_turn_stays_trained_after_padding_with_the_same_token(tokenizer):
     short = tokenize_conversation(tokenizer, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     long = tokenize_conversation(tokenizer, [{"role": "user", "content": "aaaa"}, {"role": "assistant", "content": "bbbb"}])
     for position, example in enumerate([short, long]):
-        example.update(id=str(position), row_index=position, answer_position=answer_position(example["labels"]))
+        example.update(id=str(position), row_index=position, record_type="",
+                       answer_position=answer_position(example["labels"]))
     batch = training_collator(pad_token_id=tokenizer.pad_token_id)([short, long])
     row = batch["labels"][0].tolist()
     length = len(short["input_ids"])

@@ -177,3 +177,17 @@ def test_demo_command_runs_every_step_and_prints_where_things_are(run_config, tm
     assert [row["id"] for row in answers["result"]["results"]] == ["t4", "t3", "t2", "t1"]
     assert (Path(places["merged model"]) / "merge_report.json").is_file()
     assert "| choice | accuracy |" in printed  # the base-vs-tuned table was printed
+
+
+def test_validation_answers_give_a_task_metric_to_keep_the_best_checkpoint(run_config, tmp_path):
+    from lightning_app.cli import SFTCLI
+
+    cli = SFTCLI(args=["fit", "--config", run_config, "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
+                       "--val_answers.num_records", "2", "--checkpoint.monitor", "val/overall/score",
+                       "--checkpoint.mode", "max"])
+    events = EventAccumulator(str(tmp_path / "runs" / "tiny" / "version_0")).Reload()
+    scores = events.Scalars("val/overall/score")
+    assert len(scores) == 2 and all(0.0 <= point.value <= 1.0 for point in scores)
+    assert set(events.Tags()["tensors"]) >= {"val_answers/t1/text_summary", "val_answers/t2/text_summary"}
+    best = cli.trainer.checkpoint_callback
+    assert float(best.best_model_score) == max(point.value for point in scores)

@@ -1,8 +1,14 @@
-"""Every YAML in configs/ parses against the code, and smoke-runs a step on a tiny model."""
+"""Every YAML in configs/ parses against the code, and smoke-runs a step on a tiny model.
+
+A config with a ``# gpu-only: <why>`` line (4-bit/8-bit bases, bitsandbytes optimizers) smoke-runs
+on a GPU only; without one it is skipped with that reason, and must instead stop before its first
+step with an error that names the GPU requirement and the setting to change.
+"""
 
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_app.cli import SFTCLI
@@ -10,6 +16,29 @@ from lightning_app.main import main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
+GPU_ONLY_MARKER = "# gpu-only:"
+
+
+def gpu_only_reason(config: Path) -> str | None:
+    """The text after a ``# gpu-only:`` line of the config; None for configs that run anywhere."""
+    for line in config.read_text().splitlines():
+        if line.startswith(GPU_ONLY_MARKER):
+            return line[len(GPU_ONLY_MARKER):].strip()
+    return None
+
+
+GPU_ONLY_CONFIGS = [config for config in CONFIGS if gpu_only_reason(config)]
+
+
+def smoke_args(config: Path, model_dir, runs_dir: Path, accelerator: str) -> list[str]:
+    return [
+        "fit", "--config", str(config),
+        "--model.model_name_or_path", str(model_dir),
+        "--trainer.accelerator", accelerator, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(runs_dir),
+        "--data.max_length", "256", "--data.batch_size", "2",
+    ]
 
 
 def test_there_are_configs():
@@ -29,13 +58,28 @@ def test_config_parses_and_first_line_names_its_command(config, monkeypatch):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.name)
 def test_config_smoke_runs_on_a_tiny_model(config, tiny_model_dir, tmp_path, monkeypatch):
+    reason = gpu_only_reason(config)
+    if reason and not torch.cuda.is_available():
+        pytest.skip(f"{config.name} is marked '{GPU_ONLY_MARKER} {reason}' and this machine has no CUDA GPU")
     monkeypatch.chdir(PROJECT_ROOT)
-    main([
-        "fit", "--config", str(config),
-        "--model.model_name_or_path", str(tiny_model_dir),
-        "--trainer.accelerator", "cpu", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--data.max_length", "256", "--data.batch_size", "2",
-    ])
+    main(smoke_args(config, tiny_model_dir, tmp_path / "runs", "gpu" if reason else "cpu"))
     assert list((tmp_path / "runs").glob("*/version_0/checkpoints/last.ckpt"))
+
+
+def test_the_gpu_only_configs_are_the_quantized_and_bitsandbytes_ones():
+    assert {config.stem for config in GPU_ONLY_CONFIGS} == {
+        "smollm2_qlora", "smollm2_lora_8bit", "smollm2_lora_adamw8bit", "smollm2_lora_paged_adamw"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without a CUDA GPU gives")
+@pytest.mark.parametrize("config", GPU_ONLY_CONFIGS, ids=lambda path: path.name)
+def test_gpu_only_config_fails_fast_on_a_cpu_naming_the_gpu_requirement(config, tiny_model_dir, tmp_path,
+                                                                         monkeypatch):
+    from modules.quantization import NeedsCUDAError
+
+    monkeypatch.chdir(PROJECT_ROOT)
+    with pytest.raises(NeedsCUDAError, match="CUDA GPU") as raised:
+        main(smoke_args(config, tiny_model_dir, tmp_path / "runs", "cpu"))
+    setting = "model.quantization" if "quantization:" in config.read_text() else "model.optimizer: bitsandbytes"
+    assert setting in str(raised.value) and "this machine has none" in str(raised.value)
+    assert not list((tmp_path / "runs").glob("*/version_0/checkpoints/*.ckpt"))  # stopped before any step

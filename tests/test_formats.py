@@ -107,7 +107,7 @@ def test_prompt_examples_keep_ids_types_and_order(tmp_path, tokenizer):
              json.dumps({"id": "x1", "type": "generic-generate", "prompt": "hi", "answer": "hello"})]
     path = write_jsonl(tmp_path / "test.jsonl", lines)
     prompts = build_prompt_examples(load_records(path), tokenizer, ConversationSpec("typed"), path)
-    assert prompts["id"] == ["x9", "x1"] and prompts["type"] == ["math", "generic-generate"]
+    assert prompts["id"] == ["x9", "x1"] and prompts["record_type"] == ["math", "generic-generate"]
     expected = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"]
     assert prompts[1]["prompt_ids"] == list(expected)  # the answer is not part of the prompt

@@ -104,3 +104,13 @@ def test_length_grouped_batches_cover_every_example_once_with_little_padding():
     assert padded < 1.15 * sum(lengths)  # shuffled batches of 8 would pad far more
     first_batch_lengths = [max(lengths[i] for i in batch) for batch in batches]
     assert first_batch_lengths != sorted(first_batch_lengths, reverse=True)  # batch order is shuffled
+
+
+def test_evaluation_batches_hold_one_type_each_and_cover_every_row_once():
+    from datamodules.batching import TypeGroupedBatchSampler
+
+    types = ["choice", "math", "choice", "code-generate", "math", "choice"]
+    batches = list(TypeGroupedBatchSampler(types, batch_size=2))
+    assert sorted(row for batch in batches for row in batch) == list(range(len(types)))
+    assert all(len({types[row] for row in batch}) == 1 for batch in batches)
+    assert batches[0] == [0, 2]  # input order kept within a type

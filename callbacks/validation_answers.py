@@ -1,0 +1,59 @@
+"""Answers for a sample of the validation set at each validation: task metrics and sample text.
+
+Validation loss says little about whether answers are right; the seed's SQuAD run kept the
+checkpoint with the best F1. This callback generates answers for the first ``num_records``
+validation records, scores them with the same scorer as ``sft test`` and logs ``val/<type>/<metric>``
+and ``val/overall/score``, so ``ModelCheckpoint(monitor="val/overall/score", mode="max")`` keeps the
+best checkpoint by a task metric. A few prompts with their answers go to TensorBoard as text.
+"""
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import move_data_to_device
+
+from callbacks.answer_metrics import numeric_items
+
+
+class ValidationAnswers(Callback):
+    def __init__(self, num_records: int = 0, text_samples: int = 4):
+        """
+        Args:
+            num_records: Validation records to answer and score at each validation (0: off).
+            text_samples: How many of them to show in TensorBoard's text tab.
+        """
+        self.num_records = num_records
+        self.text_samples = text_samples
+        self.metrics: dict = {}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self.num_records <= 0 or trainer.sanity_checking or trainer.datamodule is None:
+            return
+        from modules.evaluation.scoring import score_answers
+
+        answers = self._answers(trainer.datamodule, pl_module)
+        wanted = {row["id"] for row in answers}
+        references = [r for r in trainer.datamodule.reference_records("val") if str(r.get("id")) in wanted]
+        self.metrics = score_answers({row["id"]: row["content"] for row in answers}, references)
+        for name, value in numeric_items(self.metrics):
+            pl_module.log(f"val/{name}", value, batch_size=1)
+        self._log_text(trainer, answers, references)
+
+    def _answers(self, datamodule, pl_module) -> list[dict]:
+        examples = datamodule.training_examples("val").select(range(min(self.num_records,
+                                                                        len(datamodule.training_examples("val")))))
+        loader = datamodule.answering_loader(examples, datamodule._train_collator())
+        answers = []
+        for batch in loader:
+            answers += pl_module.predict_step(move_data_to_device(batch, pl_module.device), 0)
+        return answers
+
+    def _log_text(self, trainer, answers: list[dict], references: list[dict]) -> None:
+        experiment = getattr(trainer.logger, "experiment", None)
+        if not hasattr(experiment, "add_text"):
+            return
+        by_id = {str(r.get("id")): r for r in references}
+        for row in answers[: self.text_samples]:
+            reference = by_id.get(row["id"], {})
+            text = "\n".join(f"**{label}**\n```\n{value}\n```" for label, value in
+                             [("prompt", reference.get("prompt", "")), ("answer", row["content"]),
+                              ("reference", reference.get("answer", ""))])
+            experiment.add_text(f"val_answers/{row['id']}", text, global_step=trainer.global_step)
