@@ -5,10 +5,11 @@ renamed, so an interrupted run never leaves a half-written answers file.
 """
 
 import json
-import os
 from pathlib import Path
 
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from modules.files import write_text_atomically
 
 
 def ordered_answers(batches: list[list[dict]]) -> list[dict]:
@@ -22,20 +23,14 @@ def ordered_answers(batches: list[list[dict]]) -> list[dict]:
     return rows
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def write_answers(rows: list[dict], output_dir: Path) -> Path:
     """Write both files; returns the path of ``predictions.json``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     seed_format = {"result": {"results": [{"id": row["id"], "content": row["content"]} for row in rows]}}
     json_path = output_dir / "predictions.json"
-    _write_atomically(json_path, json.dumps(seed_format, ensure_ascii=False, indent=2) + "\n")
+    write_text_atomically(json_path, json.dumps(seed_format, ensure_ascii=False, indent=2) + "\n")
     lines = [json.dumps({"id": r["id"], "type": r["type"], "content": r["content"]}, ensure_ascii=False) for r in rows]
-    _write_atomically(output_dir / "predictions.jsonl", "\n".join(lines) + "\n")
+    write_text_atomically(output_dir / "predictions.jsonl", "\n".join(lines) + "\n")
     return json_path
 
 

@@ -21,11 +21,11 @@ Fields of ``summary.json`` (None where the figure was not measured):
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
+
+from modules.files import write_text_atomically
 
 from callbacks.memory import MemoryMonitor
 from callbacks.throughput import SFTThroughputMonitor
@@ -54,8 +54,8 @@ class RunSummary(Callback):
         summary = build_summary(trainer, pl_module, f"{folder.parent.name}/{folder.name}")
         if stage == "test":
             summary = _keep_training_figures(folder / "summary.json", summary)
-        write_atomically(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
-        write_atomically(folder / "summary.md", summary_markdown(summary))
+        write_text_atomically(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomically(folder / "summary.md", summary_markdown(summary))
 
 
 def build_summary(trainer, pl_module, run_name: str) -> dict:
@@ -153,15 +153,3 @@ def _optimizer_text(name: str | None, lr: float | None) -> str | None:
 def _memory_text(mib: float | None, kind: str | None) -> str | None:
     labels = {"gpu_allocated": "GPU", "cpu_rss": "CPU RSS"}
     return None if mib is None else f"{mib:.1f} ({labels.get(kind, kind)})"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """A reader (or a crash) never sees half a file: write a temporary file beside it, then rename."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise

@@ -5,10 +5,10 @@ Trained tokens are shown between ``⟦`` and ``⟧``; the dump holds the very ``
 """
 
 import json
-import os
 from pathlib import Path
 
 from datamodules.chat_tokens import IGNORE_INDEX
+from modules.files import write_text_atomically
 
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 
@@ -36,18 +36,12 @@ def marked_text(tokenizer, input_ids: list[int], labels: list[int]) -> str:
 
 def dump_examples(tokenizer, examples, path: str) -> None:
     """One JSON object per example: ``input_ids``, ``labels`` and the rendered ``text``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as out:
-        for example in examples:
-            record = {
-                "input_ids": list(example["input_ids"]),
-                "labels": list(example["labels"]),
-                "text": tokenizer.decode(example["input_ids"]),
-            }
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(temporary, target)
+    lines = [
+        json.dumps({"input_ids": list(example["input_ids"]), "labels": list(example["labels"]),
+                    "text": tokenizer.decode(example["input_ids"])}, ensure_ascii=False)
+        for example in examples
+    ]
+    write_text_atomically(Path(path), "\n".join(lines) + "\n")
 
 
 def inspect_split(datamodule, split: str, show: int, dump: str | None) -> None:

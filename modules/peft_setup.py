@@ -149,5 +149,5 @@ def restore_adalora_budget_state(model, state: dict | None) -> None:
     adalora_config(model).rank_pattern = state["rank_pattern"]
     allocator = model.base_model.rankallocator
     devices = {name: parameter.device for name, parameter in model.base_model.model.named_parameters()}
-    for field in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
-        setattr(allocator, field, {name: scores.to(devices[name]) for name, scores in state[field].items()})
+    for statistic in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+        setattr(allocator, statistic, {name: scores.to(devices[name]) for name, scores in state[statistic].items()})

@@ -17,13 +17,12 @@ A reference without a prediction is scored as an empty answer (wrong) and listed
 """
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from datamodules.records import RecordError
+from modules.files import write_text_atomically
 from modules.evaluation.answers import extract_choice_letter, extract_code_samples, extract_final_math_answer
 from modules.evaluation.metrics import (
     choice_accuracy,
@@ -284,12 +283,8 @@ def score_answers(predictions: dict[str, Content], references: list[dict], code_
 
 
 def write_metrics(metrics: dict, path: Path) -> Path:
-    """Write metrics as JSON via a temp file in the same folder and a rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as out:
-        out.write(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n")
-    os.replace(out.name, path)
-    return path
+    """Write metrics as JSON, never half a file."""
+    return write_text_atomically(path, json.dumps(metrics, ensure_ascii=False, indent=2) + "\n")
 
 
 def score_files(predictions_path: str, references_path: str, output_path: str | None = None) -> tuple[dict, Path]:
