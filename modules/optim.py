@@ -5,15 +5,25 @@ from transformers import get_scheduler
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-def parameter_groups(named_parameters) -> list[dict]:
-    """Trainable parameters split so biases and norm weights (1-D tensors) get no weight decay."""
-    decay, no_decay = [], []
-    for _, parameter in named_parameters:
-        if parameter.requires_grad:
+def parameter_groups(named_parameters, head_lr: float | None = None) -> list[dict]:
+    """Trainable parameters split so biases and norm weights (1-D tensors) get no weight decay.
+
+    With ``head_lr``, the head's own parameters (names starting ``head.``, e.g. a choice classifier
+    that starts from random weights while the backbone is pretrained) get that learning rate.
+    """
+    decay, no_decay, head = [], [], []
+    for name, parameter in named_parameters:
+        if not parameter.requires_grad:
+            continue
+        if head_lr is not None and name.startswith("head."):
+            head.append(parameter)
+        else:
             (no_decay if parameter.ndim < 2 else decay).append(parameter)
     groups = [{"params": decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
+    if head:
+        groups.append({"params": head, "lr": head_lr})
     return groups
 
 

@@ -50,6 +50,7 @@ class SFTModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
         warmup: float = 0.0,
+        head_lr: float | None = None,
         generation: GenerationSettings | None = None,
         generation_per_type: dict[str, GenerationSettings] | None = None,
     ):
@@ -67,6 +68,8 @@ class SFTModule(L.LightningModule):
             optimizer: Optimizer class_path/init_args; biases and norms get no weight decay.
             lr_schedule: Learning-rate decay after warmup, stepped every optimizer step.
             warmup: Warmup length: a fraction of all optimizer steps if below 1, else a step count.
+            head_lr: Learning rate of the head's own parameters (a choice classifier starts from
+                random weights: it usually wants a larger one than the adapters); default: the optimizer's.
             generation: Default generation settings for predict and test (greedy by default).
             generation_per_type: Settings per question type, e.g. {code-generate: {num_samples: 3,
                 do_sample: true}}; default: 3 sampled answers for code-generate, the default for the rest.
@@ -88,6 +91,7 @@ class SFTModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.warmup = warmup
+        self.head_lr = head_lr
         per_type = default_per_type() if generation_per_type is None else generation_per_type
         self.generation = GenerationPlan(generation or GenerationSettings(), per_type)
         self.model = None
@@ -205,7 +209,7 @@ class SFTModule(L.LightningModule):
 
     # 6. Optimizer and schedule -------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(parameter_groups(self.named_parameters()))
+        optimizer = self.optimizer_factory(parameter_groups(self.named_parameters(), self.head_lr))
         require_cuda_for_optimizer(optimizer)
         total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = schedule(optimizer, self.lr_schedule, self.warmup, total_steps)

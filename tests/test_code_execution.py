@@ -248,3 +248,16 @@ def test_evaluate_code_samples_hand_computed():
     scores = evaluate_code_samples([ADD, NEGATE], [add_answers, negate_answers], ks=(1, 3, 5), timeout_s=LIMIT_S)
     assert scores == pytest.approx({"pass@1": (1 / 3 + 0) / 2, "pass@3": (1 + 0) / 2, "samples": 6, "passed": 1})
     assert sandbox_uid_processes() == []
+
+
+def test_an_interpreter_reached_through_a_symlink_under_tmp_still_runs(monkeypatch):
+    """A venv's bin/python is a symlink; CI may clone (and build the venv) under /tmp, which the
+    sandbox replaces with a private tmpfs. The sample must run the real binary."""
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as venv_like:
+        link = Path(venv_like) / "python"
+        link.symlink_to(os.path.realpath(sys.executable))
+        monkeypatch.setattr(sys, "executable", str(link))
+        assert run_program("print('ok')\n", timeout_s=5.0).status == "passed"

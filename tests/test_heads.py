@@ -129,3 +129,15 @@ def test_multi_head_runs_with_peft_methods(tiny_model_dir, tmp_path, peft_config
     losses["loss"].backward()
     assert module.head.classifier.weight.grad.abs().sum() > 0
     assert torch.isfinite(losses["loss"])
+
+
+def test_head_parameters_get_their_own_learning_rate(tiny_model_dir):
+    from modules.optim import parameter_groups
+
+    module = sft_module(tiny_model_dir, head=MultiHead(), peft_config=LoraConfig(r=2))
+    groups = parameter_groups(module.named_parameters(), head_lr=0.05)
+    head_group = [group for group in groups if group.get("lr") == 0.05]
+    assert len(head_group) == 1
+    assert {id(p) for p in head_group[0]["params"]} == {id(p) for p in module.head.parameters()}
+    other = [p for group in groups if group.get("lr") != 0.05 for p in group["params"]]
+    assert len(other) == sum(1 for n, p in module.named_parameters() if p.requires_grad and not n.startswith("head."))

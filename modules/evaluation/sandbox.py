@@ -292,9 +292,10 @@ def _prepare_workdir(config: dict, private_mounts: bool) -> str:
     with open(config["program"]) as program_file:  # read before /tmp (which may hold it) is masked
         program = program_file.read()
     os.umask(0o022)
-    _expose_interpreter(config["uid"])
+    interpreter_dirs = _interpreter_handles()  # opened before any mount can hide them
     masked = [path for path in MASKED_DIRS if os.path.isdir(path)
               and _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, TMPFS_OPTIONS)]
+    _expose_interpreter(interpreter_dirs)
     if "/tmp" not in masked:
         return config["parent_dir"]
     workdir = "/tmp/sandbox"
@@ -305,23 +306,38 @@ def _prepare_workdir(config: dict, private_mounts: bool) -> str:
     return workdir
 
 
-def _expose_interpreter(uid: int) -> None:
-    """Make the interpreter reachable by the sandbox uid when it lives under a private dir.
+# The real interpreter binary, resolved at import (before any mount): a venv's ``bin/python`` is a
+# symlink that may live under /tmp, which the sandbox hides.
+INTERPRETER = os.path.realpath(sys.executable)
+
+
+def interpreter_path() -> str:
+    return INTERPRETER
+
+
+def _interpreter_handles() -> dict[str, int]:
+    """O_PATH handles of the interpreter's directories, to bind them back once mounts hide them."""
+    prefixes = {os.path.realpath(sys.base_prefix), os.path.dirname(interpreter_path())}
+    return {prefix: os.open(prefix, os.O_PATH) for prefix in sorted(prefixes)}
+
+
+def _expose_interpreter(handles: dict[str, int]) -> None:
+    """Make the interpreter reachable by the sandbox uid when it lives under a private or masked dir.
 
     pyenv and conda installs often sit under /root (mode 700), where an unprivileged user cannot
-    reach them. In our private mount namespace, the blocking directory is covered with an empty
-    tmpfs and only the interpreter's prefixes are bound back, read-only: the sample can run Python
-    but sees nothing else of that directory (no ~/.cache tokens, no ~/.ssh).
+    reach them, and a Python under /tmp is hidden by the private /tmp. In our private mount
+    namespace, a blocking directory is covered with an empty tmpfs and only the interpreter's
+    prefixes are bound back, read-only: the sample can run Python but sees nothing else of that
+    directory (no ~/.cache tokens, no ~/.ssh).
     """
-    prefixes = sorted({sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))})
-    blocked = {prefix: _first_unsearchable_dir(prefix) for prefix in prefixes}
-    handles = {prefix: os.open(prefix, os.O_PATH) for prefix, blocker in blocked.items() if blocker}
-    for blocker in sorted(set(filter(None, blocked.values()))):
+    hidden = {prefix for prefix in handles if not os.path.isdir(prefix) or _first_unsearchable_dir(prefix)}
+    for blocker in sorted({_first_unsearchable_dir(prefix) for prefix in hidden} - {None}):
         _mount("tmpfs", blocker, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     for prefix, handle in handles.items():
-        os.makedirs(prefix, exist_ok=True)
-        _mount(f"/proc/self/fd/{handle}", prefix, None, MS_BIND | MS_REC)
-        _mount(None, prefix, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        if prefix in hidden:
+            os.makedirs(prefix, exist_ok=True)
+            _mount(f"/proc/self/fd/{handle}", prefix, None, MS_BIND | MS_REC)
+            _mount(None, prefix, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         os.close(handle)
 
 
@@ -375,9 +391,9 @@ def _become_sample(config: dict, workdir: str) -> None:
     env = {**_base_env(), "HOME": workdir, "TMPDIR": workdir}
     os.set_inheritable(config["report_fd"], False)  # closes on exec; stays open to report a failed exec
     try:
-        os.execve(sys.executable, [sys.executable, "-I", "program.py"], env)
+        os.execve(interpreter_path(), [interpreter_path(), "-I", "program.py"], env)
     except PermissionError as exc:
-        raise PermissionError(f"uid {os.getuid()} cannot run {sys.executable}; install Python where "
+        raise PermissionError(f"uid {os.getuid()} cannot run {interpreter_path()}; install Python where "
                               f"every user can read it") from exc
 
 
