@@ -141,3 +141,23 @@ def test_head_parameters_get_their_own_learning_rate(tiny_model_dir):
     assert {id(p) for p in head_group[0]["params"]} == {id(p) for p in module.head.parameters()}
     other = [p for group in groups if group.get("lr") != 0.05 for p in group["params"]]
     assert len(other) == sum(1 for n, p in module.named_parameters() if p.requires_grad and not n.startswith("head."))
+
+
+@pytest.mark.parametrize("architecture", ["tiny_model_dir", "tiny_qwen_dir"])
+def test_choice_answers_from_left_padded_prompts_equal_the_evaluation_path(architecture, request, tmp_path):
+    """Predict (left-padded prompts) and evaluation (right-padded sequences) must see the same prompt end."""
+    model_dir = request.getfixturevalue(architecture)
+    module = sft_module(model_dir, head=MultiHead())
+    records = [dict(record, prompt=record["prompt"] + " padding" * (i * 3)) for i, record in
+               enumerate(SEPARABLE_CHOICES[:6])]  # different lengths: left padding differs per row
+    batch = typed_batch(model_dir, tmp_path, records)
+    with torch.no_grad():
+        outputs, option_logits, _ = module.head._parts(module.model, batch)
+        predicted = module.head._choice_answers(module.model, batch)
+    assert [predicted[row] for row in range(len(records))] == letters.to_letters(option_logits)
+    with torch.no_grad():
+        lm_logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        last_prompt = module.model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_attention_mask"],
+                                   position_ids=(batch["prompt_attention_mask"].cumsum(-1) - 1).clamp(min=0)).logits
+    rows = torch.arange(len(records))
+    torch.testing.assert_close(last_prompt[:, -1], lm_logits[rows, batch["answer_position"]], rtol=1e-4, atol=1e-4)

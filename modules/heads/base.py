@@ -42,6 +42,18 @@ def forward(model: nn.Module, batch: dict, labels: torch.Tensor | None = None, d
                  output_hidden_states=hidden, **extra)
 
 
+def prompt_forward(model: nn.Module, batch: dict, hidden: bool = False):
+    """One pass over the left-padded prompts; the last position is each prompt's end.
+
+    Position ids count real tokens only, so a left-padded row is encoded exactly as it would be
+    alone (what ``generate`` does too); the default ``arange`` would shift them by the padding.
+    """
+    attention_mask = batch["prompt_attention_mask"]
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    return model(input_ids=batch["prompt_ids"], attention_mask=attention_mask, position_ids=position_ids,
+                 output_hidden_states=hidden)
+
+
 def at_answer_positions(per_token: torch.Tensor, batch: dict, input_length: int) -> torch.Tensor:
     """Rows of ``per_token`` (batch, seq, dim) at each row's ``answer_position`` → (batch, dim).
 

@@ -13,7 +13,7 @@ from torch import nn
 from datamodules.accumulation import trained_tokens_in
 from modules.generation import GenerationPlan, generate_for_rows
 from modules.heads import letters
-from modules.heads.base import EvalValue, Head, at_answer_positions, forward
+from modules.heads.base import EvalValue, Head, at_answer_positions, forward, prompt_forward
 from modules.heads.lm import letter_scoring
 
 IGNORE_INDEX = -100
@@ -93,8 +93,7 @@ class MultiHead(Head):
     @torch.no_grad()
     def _choice_answers(self, model, batch: dict) -> dict[int, str]:
         self._check_options(batch)
-        outputs = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_attention_mask"],
-                        output_hidden_states=True)
+        outputs = prompt_forward(model, batch, hidden=True)
         last_hidden = outputs.hidden_states[-1][:, -1]  # (batch, hidden): left padding puts the prompt end last
         option_logits = letters.mask_missing_options(self.classifier(last_hidden.to(self.classifier.weight.dtype)),
                                                      batch["num_choices"])

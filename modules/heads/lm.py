@@ -5,7 +5,7 @@ import torch
 from datamodules.accumulation import trained_tokens_in
 from modules.generation import GenerationPlan, generate_for_rows
 from modules.heads import letters
-from modules.heads.base import EvalValue, Head, at_answer_positions, forward
+from modules.heads.base import EvalValue, Head, at_answer_positions, forward, prompt_forward
 
 
 class LMHead(Head):
@@ -49,7 +49,7 @@ class LMHead(Head):
 
     @torch.no_grad()
     def _letter_answers(self, model, batch: dict, choice_rows: list[bool]) -> dict[int, str]:
-        logits = model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_attention_mask"]).logits
+        logits = prompt_forward(model, batch).logits
         option_logits = letters.mask_missing_options(logits[:, -1, self.letter_ids], batch["num_choices"])
         predicted = letters.to_letters(option_logits)
         return {row: predicted[row] for row, is_choice in enumerate(choice_rows) if is_choice}
