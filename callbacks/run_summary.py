@@ -26,6 +26,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 
 from modules.files import write_text_atomically
+from modules.tables import markdown_table
 
 from callbacks.memory import MemoryMonitor
 from callbacks.throughput import SFTThroughputMonitor
@@ -127,11 +128,9 @@ def summary_markdown(summary: dict) -> str:
 
 def summary_table(summaries: list[dict]) -> str:
     """A Markdown table, one row per run summary; "n/a" where a figure was not measured."""
-    header = "| " + " | ".join(heading for heading, _, _ in SUMMARY_COLUMNS) + " |"
-    rule = "|" + "|".join(" --- " for _ in SUMMARY_COLUMNS) + "|"
-    rows = ["| " + " | ".join(_cell(summary, field, form) for _, field, form in SUMMARY_COLUMNS) + " |"
-            for summary in summaries]
-    return "\n".join([header, rule, *rows])
+    header = [heading for heading, _, _ in SUMMARY_COLUMNS]
+    rows = [[_cell(summary, field, form) for _, field, form in SUMMARY_COLUMNS] for summary in summaries]
+    return markdown_table(header, rows)
 
 
 def _cell(summary: dict, field: str, form: str) -> str:

@@ -40,7 +40,7 @@ class ValidationAnswers(Callback):
     def _answers(self, datamodule, pl_module) -> list[dict]:
         examples = datamodule.training_examples("val").select(range(min(self.num_records,
                                                                         len(datamodule.training_examples("val")))))
-        loader = datamodule.answering_loader(examples, datamodule._train_collator())
+        loader = datamodule.answering_loader(examples, datamodule.collator_for_training())
         answers = []
         for batch in loader:
             answers += pl_module.predict_step(move_data_to_device(batch, pl_module.device), 0)

@@ -11,6 +11,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
+from datamodules.chat_tokens import IGNORE_INDEX
 from datamodules.formats import MissingFieldError
 
 NO_LABEL = -1
@@ -38,7 +39,7 @@ def choice_fields(record: Mapping[str, Any], renames: Mapping[str, str] | None =
     return {"record_type": record_type, "num_choices": len(letters), "choice_label": letters.index(answer)}
 
 
-def answer_position(labels: list[int], ignore_index: int = -100) -> int:
+def answer_position(labels: list[int], ignore_index: int = IGNORE_INDEX) -> int:
     """Index of the last prompt token before the last trained span: where the answer is predicted."""
     position = len(labels) - 1
     while position > 0 and labels[position] == ignore_index:

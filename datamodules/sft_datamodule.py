@@ -126,7 +126,7 @@ class SFTDataModule(L.LightningDataModule):
                           num_workers=self.num_workers)
 
     def train_dataloader(self):
-        examples, collator = self.training_examples("train"), self._train_collator()
+        examples, collator = self.training_examples("train"), self.collator_for_training()
         if self.group_by_length:
             loader = self._length_grouped_loader(examples, collator)
         else:
@@ -137,7 +137,7 @@ class SFTDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if not self.paths["val"]:
             return []
-        return self._loader(self.training_examples("val"), self.eval_batch_size, False, self._train_collator())
+        return self._loader(self.training_examples("val"), self.eval_batch_size, False, self.collator_for_training())
 
     def answering_loader(self, examples, collate_fn) -> DataLoader:
         """Batches of one question type each, for the splits whose answers are generated."""
@@ -146,11 +146,12 @@ class SFTDataModule(L.LightningDataModule):
                           num_workers=self.num_workers)
 
     def test_dataloader(self):
-        return self.answering_loader(self.training_examples("test"), self._train_collator())
+        return self.answering_loader(self.training_examples("test"), self.collator_for_training())
 
     def predict_dataloader(self):
         collator = PromptCollator(pad_token_id=self.tokenizer.pad_token_id)
         return self.answering_loader(self.prompt_examples("predict"), collator)
 
-    def _train_collator(self):
+    def collator_for_training(self):
+        """Right-padded sequences with answer-only labels, plus the head fields (train/val/test)."""
         return training_collator(pad_token_id=self.tokenizer.pad_token_id)

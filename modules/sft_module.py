@@ -14,6 +14,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import PeftConfig
 
+from datamodules.accumulation import trained_tokens_in
 from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
 from modules.generation import GenerationPlan, GenerationSettings, default_per_type
 from modules.embedded import resolve_model_path
@@ -151,15 +152,16 @@ class SFTModule(L.LightningModule):
         # AdaLoRA's regulariser rides on every micro-batch's loss: one share per micro-batch is once a step.
         weigh_adalora_regulariser(self.model, self.peft_config, 1 / self.trainer.accumulate_grad_batches)
         losses = self.head.training_loss(self.model, batch)
-        step_tokens = batch["step_trained_tokens"]
-        batch_tokens = max(1, int((batch["labels"][:, 1:] != -100).sum()))
-        # Logged: this micro-batch's own token mean; epoch value weighted by its trained tokens.
+        accumulate = self.trainer.accumulate_grad_batches
+        # Each part is this micro-batch's share of the step's mean (its divisor is the whole step's);
+        # times the number of micro-batches, their plain epoch average is the mean step loss, for
+        # every head and whatever each part is a mean over (tokens, records).
         for name, value in losses.items():
-            self.log(f"train/{name}", value.detach() * step_tokens / batch_tokens,
-                     batch_size=batch_tokens, on_step=True, on_epoch=True, prog_bar=(name == "loss"))
-        self._count_tokens(batch, batch_tokens)
+            self.log(f"train/{name}", value.detach() * accumulate, batch_size=1, on_step=True, on_epoch=True,
+                     prog_bar=(name == "loss"))
+        self._count_tokens(batch, trained_tokens_in(batch))
         # Lightning divides by accumulate_grad_batches; the loss is already a mean over the whole step.
-        return losses["loss"] * self.trainer.accumulate_grad_batches
+        return losses["loss"] * accumulate
 
     def _count_tokens(self, batch: dict, batch_tokens: int) -> None:
         self.tokens_seen += int(batch["attention_mask"].sum())

@@ -27,7 +27,7 @@ def typed_batch(model_dir, tmp_path, records, batch_size=None, name="typed.jsonl
                                group_by_length=False, tokenizer_name_or_path=str(model_dir))
     datamodule.setup("fit")
     loader = datamodule._loader(datamodule.training_examples("train"), batch_size or len(records), False,
-                                datamodule._train_collator())
+                                datamodule.collator_for_training())
     from datamodules.accumulation import StepTokenCounts
 
     return next(iter(StepTokenCounts(loader, 1)))

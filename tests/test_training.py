@@ -39,7 +39,7 @@ def test_step_loss_is_mean_over_all_step_tokens_not_mean_of_micro_batch_means(ti
     module = sft_module(tiny_model_dir)
     datamodule = qa_datamodule(tiny_model_dir, train_path, batch_size=2)
     datamodule.setup("fit")
-    ordered = datamodule._loader(datamodule.training_examples("train"), 2, False, datamodule._train_collator())
+    ordered = datamodule._loader(datamodule.training_examples("train"), 2, False, datamodule.collator_for_training())
     micro_batches = list(StepTokenCounts(ordered, accumulate_grad_batches=4))
     step_loss = sum(module.head.training_loss(module.model, b)["loss"] for b in micro_batches)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from modules.tables import markdown_table
 from modules.evaluation.scoring import PRIMARY_METRICS, load_predictions, load_references, score_answers
 
 EXAMPLES_PER_TYPE = 3
@@ -95,14 +96,6 @@ def _first(content) -> str:
     if isinstance(content, list):
         return content[0] if content else ""
     return "" if content is None else str(content)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", "<br>")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
 
 
 def html_table(header: list[str], rows: list[list[str]]) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 from datamodules.records import RecordError
 from modules.files import write_text_atomically
+from modules.tables import markdown_table
 from modules.evaluation.answers import extract_choice_letter, extract_code_samples, extract_final_math_answer
 from modules.evaluation.metrics import (
     choice_accuracy,
@@ -305,16 +306,14 @@ def _metric_cells(scores: dict, primary: str) -> str:
 
 def format_metrics_table(metrics: dict) -> str:
     """A Markdown table: one row per type (primary metric first), then the overall row."""
-    rows = ["| type | count | metrics |", "|---|---|---|"]
     types = metrics["overall"]["types"]
-    for question_type in types:
-        scores = metrics[question_type]
-        cells = _metric_cells(scores, PRIMARY_METRICS[question_type])
-        rows.append(f"| {question_type} | {scores['count']} | {cells} |")
+    rows = [[question_type, str(metrics[question_type]["count"]),
+             _metric_cells(metrics[question_type], PRIMARY_METRICS[question_type])] for question_type in types]
     total = sum(metrics[question_type]["count"] for question_type in types)
-    rows.append(f"| overall | {total} | score {metrics['overall']['score']:.3f} (mean of primary metrics) |")
+    rows.append(["overall", str(total), f"score {metrics['overall']['score']:.3f} (mean of primary metrics)"])
+    table = markdown_table(["type", "count", "metrics"], rows)
     missing = metrics.get("missing_predictions", [])
     if missing:
         listed = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
-        rows.append(f"\n{len(missing)} reference(s) had no prediction and were scored wrong: {listed}")
-    return "\n".join(rows)
+        table += f"\n\n{len(missing)} reference(s) had no prediction and were scored wrong: {listed}"
+    return table

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from datamodules.accumulation import trained_tokens_in
+from datamodules.chat_tokens import IGNORE_INDEX
 from modules.generation import GenerationPlan, generate_for_rows
 from modules.heads import letters
 from modules.heads.base import EvalValue, Head, at_answer_positions, forward, prompt_forward
 from modules.heads.lm import letter_scoring
 
-IGNORE_INDEX = -100
 
 
 class MultiHead(Head):
