@@ -81,7 +81,10 @@ class SFTModule(L.LightningModule):
                 f"model.quantization: {quantization} needs a model.peft_config: quantized base weights cannot be "
                 "trained, only an adapter on top of them (e.g. peft.LoraConfig, which makes it QLoRA)"
             )
-        self.save_hyperparameters(ignore=["head", "optimizer", "generation", "peft_config"])
+        # Only the base model's name is saved: with --ckpt_path, LightningCLI puts saved hyperparameters
+        # over the config and the command line, and every other setting (generation, schedule, dtype)
+        # must stay the user's to change between fit and predict.
+        self.save_hyperparameters("model_name_or_path")
         self.model_name_or_path = model_name_or_path
         self.peft_config = peft_config
         self.head = head if head is not None else LMHead()

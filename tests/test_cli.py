@@ -75,6 +75,13 @@ def test_fit_resume_and_predict(run_config, tmp_path):
     lines = (tmp_path / "runs" / "tiny" / "version_1" / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["code-generate", "generic-generate", "choice", "math"]
 
+    # Settings given with --ckpt_path win over the checkpoint's (LightningCLI restores saved hparams).
+    per_type = '{"code-generate": {"num_samples": 2, "do_sample": true}}'
+    main(["predict", "--config", run_config, "--ckpt_path", "last", "--model.generation_per_type", per_type])
+    answers = json.loads((tmp_path / "runs" / "tiny" / "version_2" / "predictions.json").read_text())
+    contents = {row["id"]: row["content"] for row in answers["result"]["results"]}
+    assert len(contents["t4"]) == 2
+
 
 def test_checkpoint_from_another_peft_config_is_refused(run_config, tmp_path, tiny_model_dir):
     """Non-strict PEFT loading must not silently ignore adapters that do not fit the model."""
