@@ -5,6 +5,7 @@ from pathlib import Path
 
 import lightning as L
 
+from datamodules.accumulation import StepTokenCounts
 from datamodules.sft_datamodule import SFTDataModule
 from modules.sft_module import SFTModule
 
@@ -46,3 +47,14 @@ def sft_module(model_dir, **kwargs) -> SFTModule:
     module = SFTModule(model_name_or_path=str(model_dir), **kwargs)
     module.configure_model()
     return module
+
+
+def typed_batch(model_dir, tmp_path, records, batch_size=None, name="typed.jsonl") -> dict:
+    """One training batch of typed records, stamped with its step's token counts (one micro-batch a step)."""
+    path = write_jsonl(tmp_path / name, records)
+    datamodule = SFTDataModule(train_path=path, format="typed", batch_size=batch_size or len(records),
+                               group_by_length=False, tokenizer_name_or_path=str(model_dir))
+    datamodule.setup("fit")
+    loader = datamodule._loader(datamodule.training_examples("train"), batch_size or len(records), False,
+                                datamodule.collator_for_training())
+    return next(iter(StepTokenCounts(loader, 1)))

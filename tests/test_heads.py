@@ -11,7 +11,7 @@ from datamodules.sft_datamodule import SFTDataModule
 from modules.checkpoint_keys import trainable_names
 from modules.heads import ChoiceHead, LMHead, MultiHead
 from modules.heads import letters
-from tests.factories import TYPED_RECORDS, quiet_trainer, sft_module, write_jsonl
+from tests.factories import TYPED_RECORDS, quiet_trainer, sft_module, typed_batch, write_jsonl
 
 KEYWORD_LETTER = {"alpha": "A", "beta": "B", "gamma": "C", "delta": "D"}
 SEPARABLE_CHOICES = [  # the gold letter follows from the prompt's keyword
@@ -19,18 +19,6 @@ SEPARABLE_CHOICES = [  # the gold letter follows from the prompt's keyword
      "choices": {"A": "one", "B": "two", "C": "three", "D": "four"}, "answer": letter}
     for i, (word, letter) in enumerate(list(KEYWORD_LETTER.items()) * 4)
 ]
-
-
-def typed_batch(model_dir, tmp_path, records, batch_size=None, name="typed.jsonl"):
-    path = write_jsonl(tmp_path / name, records)
-    datamodule = SFTDataModule(train_path=path, format="typed", batch_size=batch_size or len(records),
-                               group_by_length=False, tokenizer_name_or_path=str(model_dir))
-    datamodule.setup("fit")
-    loader = datamodule._loader(datamodule.training_examples("train"), batch_size or len(records), False,
-                                datamodule.collator_for_training())
-    from datamodules.accumulation import StepTokenCounts
-
-    return next(iter(StepTokenCounts(loader, 1)))
 
 
 def grad_norms(module, batch):
@@ -152,7 +140,7 @@ def test_choice_answers_from_left_padded_prompts_equal_the_evaluation_path(archi
                enumerate(SEPARABLE_CHOICES[:6])]  # different lengths: left padding differs per row
     batch = typed_batch(model_dir, tmp_path, records)
     with torch.no_grad():
-        outputs, option_logits, _ = module.head._parts(module.model, batch)
+        option_logits = module.head._parts(module.model, batch).option_logits
         predicted = module.head._choice_answers(module.model, batch)
     assert [predicted[row] for row in range(len(records))] == letters.to_letters(option_logits)
     with torch.no_grad():

@@ -35,23 +35,17 @@ class Head(nn.Module):
         return generate_for_rows(model, tokenizer, batch, plan, rows=list(range(len(batch["ids"]))))
 
 
-def forward(model: nn.Module, batch: dict, labels: torch.Tensor | None = None, divisor=None, hidden=False):
-    """One backbone pass over the right-padded training sequences."""
-    extra = {"num_items_in_batch": divisor} if divisor is not None else {}
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
-                 output_hidden_states=hidden, **extra)
-
-
 def prompt_forward(model: nn.Module, batch: dict, hidden: bool = False):
     """One pass over the left-padded prompts; the last position is each prompt's end.
 
     Position ids count real tokens only, so a left-padded row is encoded exactly as it would be
     alone (what ``generate`` does too); the default ``arange`` would shift them by the padding.
+    Only the last position's logits are computed: (batch, 1, vocab).
     """
     attention_mask = batch["prompt_attention_mask"]
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
     return model(input_ids=batch["prompt_ids"], attention_mask=attention_mask, position_ids=position_ids,
-                 output_hidden_states=hidden)
+                 output_hidden_states=hidden, logits_to_keep=1)
 
 
 def at_answer_positions(per_token: torch.Tensor, batch: dict, input_length: int) -> torch.Tensor:

@@ -7,6 +7,8 @@ options a record lacks are masked out, so they can never be predicted. The multi
 pass; its loss is ``lm_weight * lm_loss + choice_weight * choice_loss``, each logged apart.
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -14,9 +16,19 @@ from datamodules.accumulation import trained_tokens_in
 from datamodules.chat_tokens import IGNORE_INDEX
 from modules.generation import GenerationPlan, generate_for_rows
 from modules.heads import letters
-from modules.heads.base import EvalValue, Head, at_answer_positions, forward, prompt_forward
-from modules.heads.lm import letter_scoring
+from modules.heads.base import EvalValue, Head, at_answer_positions, prompt_forward
+from modules.heads.kept_logits import forward_keeping, next_token_labels
+from modules.heads.lm import letter_scored_rows, letter_scoring, with_answer_positions
 
+
+@dataclass
+class MultiPass:
+    """What one forward pass of the multi head gives."""
+
+    lm_loss: torch.Tensor  # token loss of the non-choice rows (a mean, or a sum over the given divisor)
+    option_logits: torch.Tensor  # (choice rows, max_choices), missing options masked
+    choice_rows: torch.Tensor  # (batch,) bool
+    letter_values: dict  # letter-scoring accuracy of the labelled choice rows (evaluation only)
 
 
 class MultiHead(Head):
@@ -48,33 +60,43 @@ class MultiHead(Head):
         option_logits = self.classifier(at_answer.to(self.classifier.weight.dtype))
         return letters.mask_missing_options(option_logits, batch["num_choices"][rows])
 
-    def _parts(self, model, batch: dict, lm_divisor=None):
-        """One forward pass: LM outputs on non-choice rows, option logits of the choice rows."""
+    def _parts(self, model, batch: dict, lm_divisor=None, score_letters: bool = False) -> MultiPass:
+        """One forward pass: LM losses on non-choice rows, option logits of the choice rows.
+
+        LM logits are computed only at the non-choice rows' trained positions (and, to compare the
+        classifier with letter scoring, at the choice rows' answer positions).
+        """
         self._check_options(batch)
         choice_rows = batch["is_choice"]
-        lm_labels = batch["labels"].masked_fill(choice_rows[:, None], IGNORE_INDEX)
-        outputs = forward(model, batch, lm_labels, divisor=lm_divisor, hidden=True)
+        lm_targets = next_token_labels(batch["labels"]).masked_fill(choice_rows[:, None], IGNORE_INDEX)
+        keep = lm_targets != IGNORE_INDEX
+        scored = letter_scored_rows(batch) if score_letters else torch.zeros_like(choice_rows)
+        keep = with_answer_positions(keep, batch, scored)
+        outputs = forward_keeping(model, batch, keep, lm_targets, divisor=lm_divisor, hidden=True)
         option_logits = self._option_logits(outputs.hidden_states[-1], batch, batch["input_ids"].shape[1], choice_rows)
-        return outputs, option_logits, choice_rows
+        letter_values = letter_scoring(self.letter_ids, outputs.logits, keep, batch, scored)
+        return MultiPass(outputs.loss, option_logits, choice_rows, letter_values)
 
     def training_loss(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        outputs, option_logits, choice_rows = self._parts(model, batch, batch["step_lm_tokens"].clamp(min=1))
-        gold = batch["choice_label"][choice_rows].to(option_logits.device)
-        choice_sum = nn.functional.cross_entropy(option_logits, gold, reduction="sum") if len(gold) else 0.0 * outputs.loss
-        choice_loss = choice_sum / batch["step_choice_records"].clamp(min=1)
-        loss = self.lm_weight * outputs.loss + self.choice_weight * choice_loss
-        return {"loss": loss, "lm_loss": outputs.loss, "choice_loss": choice_loss}
+        parts = self._parts(model, batch, lm_divisor=batch["step_lm_tokens"].clamp(min=1))
+        lm_loss = parts.lm_loss
+        gold = batch["choice_label"][parts.choice_rows].to(parts.option_logits.device)
+        choice_sum = nn.functional.cross_entropy(parts.option_logits, gold, reduction="sum")  # 0 without choice rows
+        choice_loss = choice_sum / batch["step_choice_records"].clamp(min=1).to(choice_sum.device)
+        loss = self.lm_weight * lm_loss + self.choice_weight * choice_loss
+        return {"loss": loss, "lm_loss": lm_loss, "choice_loss": choice_loss}
 
     def evaluation(self, model, batch: dict) -> dict[str, EvalValue]:
-        outputs, option_logits, choice_rows = self._parts(model, batch)
-        lm_tokens = trained_tokens_in(batch, ~choice_rows)
-        values = {"lm_loss": EvalValue(outputs.loss, lm_tokens)} if lm_tokens else {}
-        labelled = batch["choice_label"][choice_rows] >= 0
+        parts = self._parts(model, batch, score_letters=True)
+        lm_tokens = trained_tokens_in(batch, ~parts.choice_rows)
+        values = {"lm_loss": EvalValue(parts.lm_loss, lm_tokens)} if lm_tokens else {}
+        labelled = batch["choice_label"][parts.choice_rows] >= 0
         if labelled.any():
-            gold = batch["choice_label"][choice_rows][labelled].to(option_logits.device)
-            values["choice_loss"] = EvalValue(nn.functional.cross_entropy(option_logits[labelled], gold), len(gold))
-            values["choice_accuracy"] = EvalValue(letters.accuracy(option_logits[labelled], gold), len(gold))
-            values.update(letter_scoring(self.letter_ids, outputs.logits, batch))
+            option_logits = parts.option_logits[labelled]
+            gold = batch["choice_label"][parts.choice_rows][labelled].to(option_logits.device)
+            values["choice_loss"] = EvalValue(nn.functional.cross_entropy(option_logits, gold), len(gold))
+            values["choice_accuracy"] = EvalValue(letters.accuracy(option_logits, gold), len(gold))
+            values.update(parts.letter_values)
         total = sum(self._weight(name) * value.value for name, value in values.items() if name.endswith("_loss"))
         values["loss"] = EvalValue(torch.as_tensor(total), len(batch["ids"]))
         return values
@@ -93,7 +115,7 @@ class MultiHead(Head):
     @torch.no_grad()
     def _choice_answers(self, model, batch: dict) -> dict[int, str]:
         self._check_options(batch)
-        outputs = prompt_forward(model, batch, hidden=True)
+        outputs = prompt_forward(model, batch, hidden=True)  # logits of the last position only; hidden states all
         last_hidden = outputs.hidden_states[-1][:, -1]  # (batch, hidden): left padding puts the prompt end last
         option_logits = letters.mask_missing_options(self.classifier(last_hidden.to(self.classifier.weight.dtype)),
                                                      batch["num_choices"])

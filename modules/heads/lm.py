@@ -3,9 +3,11 @@
 import torch
 
 from datamodules.accumulation import trained_tokens_in
+from datamodules.chat_tokens import IGNORE_INDEX
 from modules.generation import GenerationPlan, generate_for_rows
 from modules.heads import letters
-from modules.heads.base import EvalValue, Head, at_answer_positions, forward, prompt_forward
+from modules.heads.base import EvalValue, Head, prompt_forward
+from modules.heads.kept_logits import forward_keeping, kept_rows, next_token_labels
 
 
 class LMHead(Head):
@@ -27,16 +29,21 @@ class LMHead(Head):
     def training_loss(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Summed token losses over the trained tokens of the whole optimizer step.
 
-        ``num_items_in_batch`` makes transformers divide the summed loss by the step's trained-token
-        count instead of this micro-batch's, so accumulated micro-batches add up to the true mean.
+        Dividing by the step's trained-token count (not this micro-batch's) makes accumulated
+        micro-batches add up to the true mean. Logits exist only at the trained positions.
         """
-        outputs = forward(model, batch, batch["labels"], divisor=batch["step_trained_tokens"])
+        targets = next_token_labels(batch["labels"])  # (batch, seq)
+        keep = targets != IGNORE_INDEX
+        outputs = forward_keeping(model, batch, keep, targets, divisor=batch["step_trained_tokens"])
         return {"loss": outputs.loss}
 
     def evaluation(self, model, batch: dict) -> dict[str, EvalValue]:
-        outputs = forward(model, batch, batch["labels"])
+        targets = next_token_labels(batch["labels"])
+        scored = letter_scored_rows(batch)
+        keep = with_answer_positions(targets != IGNORE_INDEX, batch, scored)
+        outputs = forward_keeping(model, batch, keep, targets)  # letter cells are -100 in targets: no loss
         values = {"loss": EvalValue(outputs.loss, trained_tokens_in(batch))}
-        values.update(letter_scoring(self.letter_ids, outputs.logits, batch))
+        values.update(letter_scoring(self.letter_ids, outputs.logits, keep, batch, scored))
         return values
 
     def predict(self, model, tokenizer, batch: dict, plan: GenerationPlan) -> list:
@@ -49,18 +56,34 @@ class LMHead(Head):
 
     @torch.no_grad()
     def _letter_answers(self, model, batch: dict, choice_rows: list[bool]) -> dict[int, str]:
-        logits = prompt_forward(model, batch).logits
+        logits = prompt_forward(model, batch).logits  # (batch, 1, vocab): the prompts' last position
         option_logits = letters.mask_missing_options(logits[:, -1, self.letter_ids], batch["num_choices"])
         predicted = letters.to_letters(option_logits)
         return {row: predicted[row] for row, is_choice in enumerate(choice_rows) if is_choice}
 
 
-def letter_scoring(letter_ids: list[int], logits: torch.Tensor, batch: dict) -> dict[str, EvalValue]:
-    """Accuracy of answering choice rows by the LM's option-letter logits (no extra parameters)."""
-    choice_rows = batch["is_choice"] & (batch["choice_label"] >= 0)
-    if not choice_rows.any():
+def letter_scored_rows(batch: dict) -> torch.Tensor:
+    """(batch,) True for labelled choice rows: those letter scoring is measured on."""
+    return batch["is_choice"] & (batch["choice_label"] >= 0)
+
+
+def with_answer_positions(keep: torch.Tensor, batch: dict, rows: torch.Tensor) -> torch.Tensor:
+    """``keep`` plus each of ``rows``' answer position (where the option letter is predicted)."""
+    keep = keep.clone()
+    keep[rows, batch["answer_position"][rows]] = True
+    return keep
+
+
+def letter_scoring(letter_ids: list[int], kept_logits: torch.Tensor, keep: torch.Tensor, batch: dict,
+                   scored: torch.Tensor) -> dict[str, EvalValue]:
+    """Accuracy of answering choice rows by the LM's option-letter logits (no extra parameters).
+
+    ``kept_logits`` are (kept, vocab) for the cells of ``keep``, which holds the scored rows' answer positions.
+    """
+    if not scored.any():
         return {}
-    at_answer = at_answer_positions(logits, batch, batch["input_ids"].shape[1])[choice_rows]  # (choices, vocab)
-    option_logits = letters.mask_missing_options(at_answer[:, letter_ids], batch["num_choices"][choice_rows])
-    gold = batch["choice_label"][choice_rows]
-    return {"letter_accuracy": EvalValue(letters.accuracy(option_logits, gold), int(choice_rows.sum()))}
+    rows = scored.nonzero().squeeze(-1)
+    at_answer = kept_logits[kept_rows(keep, rows, batch["answer_position"][rows])]  # (scored, vocab)
+    option_logits = letters.mask_missing_options(at_answer[:, letter_ids], batch["num_choices"][scored])
+    gold = batch["choice_label"][scored]
+    return {"letter_accuracy": EvalValue(letters.accuracy(option_logits, gold), int(scored.sum()))}
