@@ -24,9 +24,11 @@ gradient with respect to its input and another 2·N·T for the gradient of the w
 only trainable weights need. So a batch costs (4·N + 2·N_trainable)·T: 6·N·T for full fine-tuning,
 about 4·N·T for LoRA (frozen base, tiny adapters). Attention scores and mixing add
 12·layers·heads·head_dim·L² per row of length L (4 forward, 8 backward; PaLM's convention, not
-halved for causal masking). N excludes the input embedding (a lookup, not a matmul) unless it is
-tied to the output layer. Gradient-checkpointing's recomputed forward is not counted: MFU
-measures useful work, not what the hardware redid.
+halved for causal masking). N excludes the input embedding (a lookup, not a matmul). The output
+layer (hidden → vocabulary) counts only over the trained tokens: the heads project only those
+positions (modules/heads/kept_logits.py); in evaluation, also the scored answer positions, which
+are trained positions of the labelled records. Gradient-checkpointing's recomputed forward is not
+counted: MFU measures useful work, not what the hardware redid.
 """
 
 import torch
@@ -35,6 +37,8 @@ from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
+
+from datamodules.accumulation import trained_tokens_in
 
 
 def samples_in(batch: dict) -> int:
@@ -47,13 +51,16 @@ def real_tokens_in(batch: dict) -> int:
     return int(batch["attention_mask"].sum())
 
 
-def matmul_parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(all, trainable) parameters that take part in a matmul per token: all but the input embedding."""
+def matmul_parameter_counts(model: torch.nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(all, trainable) parameters of the matmuls every token passes through, and of the output layer."""
     input_embedding = model.get_input_embeddings().weight
-    output_layer = model.get_output_embeddings()
-    tied = output_layer is not None and output_layer.weight is input_embedding
-    counted = [p for p in model.parameters() if tied or p is not input_embedding]
-    return sum(p.numel() for p in counted), sum(p.numel() for p in counted if p.requires_grad)
+    output_weight = model.get_output_embeddings().weight
+    body = [p for p in model.parameters() if p is not input_embedding and p is not output_weight]
+
+    def counts(parameters):
+        return sum(p.numel() for p in parameters), sum(p.numel() for p in parameters if p.requires_grad)
+
+    return counts(body), counts([output_weight])
 
 
 def attention_width(config) -> tuple[int, int]:
@@ -62,22 +69,24 @@ def attention_width(config) -> tuple[int, int]:
     return config.num_hidden_layers, config.num_attention_heads * head_dim
 
 
-def training_flops(model: torch.nn.Module, attention_mask: torch.Tensor) -> int:
+def training_flops(model: torch.nn.Module, batch: dict) -> int:
     """Forward + backward model FLOPs of one micro-batch (see the module docstring)."""
-    matmul_params, trainable_params = matmul_parameter_counts(model)
-    row_lengths = attention_mask.sum(dim=1)  # (batch,)
+    (body, body_trainable), (output, output_trainable) = matmul_parameter_counts(model)
+    row_lengths = batch["attention_mask"].sum(dim=1)  # (batch,)
     layers, width = attention_width(model.config)
-    linear = (4 * matmul_params + 2 * trainable_params) * int(row_lengths.sum())
+    linear = (4 * body + 2 * body_trainable) * int(row_lengths.sum())
+    output_layer = (4 * output + 2 * output_trainable) * trained_tokens_in(batch)
     attention = 12 * layers * width * int((row_lengths**2).sum())
-    return linear + attention
+    return linear + output_layer + attention
 
 
-def forward_flops(model: torch.nn.Module, attention_mask: torch.Tensor) -> int:
+def forward_flops(model: torch.nn.Module, batch: dict) -> int:
     """Forward-only model FLOPs of one evaluation batch: a third of full fine-tuning's step."""
-    matmul_params, _ = matmul_parameter_counts(model)
-    row_lengths = attention_mask.sum(dim=1)
+    (body, _), (output, _) = matmul_parameter_counts(model)
+    row_lengths = batch["attention_mask"].sum(dim=1)
     layers, width = attention_width(model.config)
-    return 2 * matmul_params * int(row_lengths.sum()) + 4 * layers * width * int((row_lengths**2).sum())
+    return (2 * body * int(row_lengths.sum()) + 2 * output * trained_tokens_in(batch)
+            + 4 * layers * width * int((row_lengths**2).sum()))
 
 
 class SFTThroughputMonitor(ThroughputMonitor):
@@ -115,10 +124,10 @@ class SFTThroughputMonitor(ThroughputMonitor):
     # Lightning reads ``flops_per_batch`` off the module at every batch end; batches differ in length,
     # so it is set per batch from that batch's real tokens.
     def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:
-        pl_module.flops_per_batch = training_flops(pl_module.model, batch["attention_mask"])
+        pl_module.flops_per_batch = training_flops(pl_module.model, batch)
 
     def on_validation_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0):
-        pl_module.flops_per_batch = forward_flops(pl_module.model, batch["attention_mask"])
+        pl_module.flops_per_batch = forward_flops(pl_module.model, batch)
 
     def on_test_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         pl_module.flops_per_batch = None  # test also generates answers: its FLOPs are not one forward pass

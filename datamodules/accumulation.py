@@ -46,6 +46,13 @@ class StepTokenCounts(Iterable):
     def __len__(self) -> int:
         return len(self.dataloader)
 
+    # Lightning saves the state of a stateful train loader in checkpoints: the batch sampler's seed.
+    def state_dict(self) -> dict:
+        return self.dataloader.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataloader.batch_sampler.load_state_dict(state)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         window: list[dict[str, Any]] = []
         for batch in self.dataloader:

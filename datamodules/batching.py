@@ -1,34 +1,83 @@
-"""Length-grouped batches: similar lengths share a batch, so little compute goes to padding.
+"""Training batches that a resumed run can redraw, and evaluation batches of one type each.
 
-Within each window of ``batch_size * window_batches`` shuffled examples, examples are sorted by
-length and cut into batches; the batches are then shuffled, so the epoch does not run from the
-longest examples to the shortest (transformers' LengthGroupedSampler puts the longest first and
-keeps the rest in length order, which with one window means one question type after another).
+Each epoch's batches come from a generator seeded by (seed, epoch), not from the global random
+state (which dropout and sampling move), so a run resumed from a mid-epoch checkpoint redraws the
+interrupted epoch's exact order and skips the batches it already trained on.
+
+Length-grouped batches put similar lengths together, so little compute goes to padding. Within
+each window of ``batch_size * window_batches`` shuffled examples, examples are sorted by length
+and cut into batches; the batches are then shuffled, so the epoch does not run from the longest
+examples to the shortest (transformers' LengthGroupedSampler puts the longest first and keeps the
+rest in length order, which with one window means one question type after another).
 """
 
+import math
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    def __init__(self, lengths: list[int], batch_size: int, window_batches: int = 50):
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.window = batch_size * window_batches
+class EpochBatchSampler(Sampler[list[int]]):
+    """Shuffled batches; epoch ``k``'s order depends only on ``seed + k``."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next iteration is ``epoch``'s, without its first ``batches_done`` batches."""
+        self.epoch, self.skip_batches = epoch, batches_done
+
+    # The seed travels in the checkpoint (Lightning saves the state of stateful train loaders), so a
+    # resumed run redraws the same orders even when started with another seed.
+    def state_dict(self) -> dict:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = state["seed"]
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return (self.num_examples + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(len(self.lengths)).tolist()  # follows the seed Lightning sets
+        batches = self.epoch_batches(torch.Generator().manual_seed(self.seed + self.epoch))
+        skip, self.skip_batches = self.skip_batches, 0
+        self.epoch += 1
+        yield from batches[skip:]
+
+    def epoch_batches(self, generator: torch.Generator) -> list[list[int]]:
+        order = torch.randperm(self.num_examples, generator=generator).tolist()
+        return [order[i : i + self.batch_size] for i in range(0, self.num_examples, self.batch_size)]
+
+
+class LengthGroupedBatchSampler(EpochBatchSampler):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window_batches: int = 50):
+        super().__init__(len(lengths), batch_size, seed)
+        self.lengths = list(lengths)
+        self.window = batch_size * window_batches
+
+    def epoch_batches(self, generator: torch.Generator) -> list[list[int]]:
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
         batches = []
         for start in range(0, len(order), self.window):
             window = sorted(order[start : start + self.window], key=lambda i: self.lengths[i], reverse=True)
             batches += [window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)]
-        for position in torch.randperm(len(batches)).tolist():
-            yield batches[position]
+        return [batches[position] for position in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def resume_position(epoch: int, global_step: int, batches_per_epoch: int, accumulate: int) -> tuple[int, int]:
+    """(epoch, batches already trained in it) of a run whose optimizer has taken ``global_step`` steps.
+
+    Checkpoints are taken between optimizer steps, and every epoch but a partial last step is
+    whole windows of ``accumulate`` batches, so the step count alone says where the epoch stopped.
+    """
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
+    batches_done = (global_step - epoch * steps_per_epoch) * accumulate
+    if batches_done >= batches_per_epoch:  # saved at the epoch's very end: the next epoch starts afresh
+        return epoch + 1, 0
+    return epoch, max(0, batches_done)
 
 
 class TypeGroupedBatchSampler(Sampler[list[int]]):

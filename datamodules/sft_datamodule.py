@@ -3,11 +3,17 @@
 from typing import Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from datamodules.accumulation import StepTokenCounts
-from datamodules.batching import LengthGroupedBatchSampler, TypeGroupedBatchSampler
+from datamodules.batching import (
+    EpochBatchSampler,
+    LengthGroupedBatchSampler,
+    TypeGroupedBatchSampler,
+    resume_position,
+)
 from datamodules.collate import PromptCollator, training_collator
 from datamodules.preprocess import ConversationSpec, TokenStats, build_prompt_examples, build_training_examples
 from datamodules.records import load_records
@@ -110,34 +116,30 @@ class SFTDataModule(L.LightningDataModule):
         elif stage == "predict":
             self.prompt_examples("predict")
 
-    def _loader(self, examples, batch_size: int, shuffle: bool, collate_fn) -> DataLoader:
-        return DataLoader(
-            examples.with_format(None),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=collate_fn,
-            num_workers=self.num_workers,
-        )
-
-    def _length_grouped_loader(self, examples, collate_fn) -> DataLoader:
-        lengths = [len(ids) for ids in examples["input_ids"]]
-        batches = LengthGroupedBatchSampler(lengths, self.batch_size)
-        return DataLoader(examples.with_format(None), batch_sampler=batches, collate_fn=collate_fn,
+    def _loader(self, examples, batch_size: int, collate_fn) -> DataLoader:
+        """Batches in input order (validation, and tests that need a known order)."""
+        return DataLoader(examples.with_format(None), batch_size=batch_size, collate_fn=collate_fn,
                           num_workers=self.num_workers)
 
     def train_dataloader(self):
         examples, collator = self.training_examples("train"), self.collator_for_training()
+        seed = torch.initial_seed()  # what seed_everything set: the run's seed
         if self.group_by_length:
-            loader = self._length_grouped_loader(examples, collator)
+            batches = LengthGroupedBatchSampler([len(ids) for ids in examples["input_ids"]], self.batch_size, seed)
         else:
-            loader = self._loader(examples, self.batch_size, True, collator)
+            batches = EpochBatchSampler(len(examples), self.batch_size, seed)
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        if self.trainer is not None:  # a resumed fit carries on where its epoch stopped
+            batches.resume_at(*resume_position(self.trainer.current_epoch, self.trainer.global_step,
+                                               len(batches), accumulate))
+        loader = DataLoader(examples.with_format(None), batch_sampler=batches, collate_fn=collator,
+                            num_workers=self.num_workers)
         return StepTokenCounts(loader, accumulate)
 
     def val_dataloader(self):
         if not self.paths["val"]:
             return []
-        return self._loader(self.training_examples("val"), self.eval_batch_size, False, self.collator_for_training())
+        return self._loader(self.training_examples("val"), self.eval_batch_size, self.collator_for_training())
 
     def answering_loader(self, examples, collate_fn) -> DataLoader:
         """Batches of one question type each, for the splits whose answers are generated."""

@@ -55,6 +55,6 @@ def typed_batch(model_dir, tmp_path, records, batch_size=None, name="typed.jsonl
     datamodule = SFTDataModule(train_path=path, format="typed", batch_size=batch_size or len(records),
                                group_by_length=False, tokenizer_name_or_path=str(model_dir))
     datamodule.setup("fit")
-    loader = datamodule._loader(datamodule.training_examples("train"), batch_size or len(records), False,
+    loader = datamodule._loader(datamodule.training_examples("train"), batch_size or len(records),
                                 datamodule.collator_for_training())
     return next(iter(StepTokenCounts(loader, 1)))

@@ -16,6 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from callbacks.memory import MemoryMonitor
 from callbacks.run_summary import RunSummary
 from callbacks.throughput import SFTThroughputMonitor, compute_dtype, forward_flops, real_tokens_in, training_flops
+from datamodules.chat_tokens import IGNORE_INDEX
+from modules.heads.kept_logits import forward_keeping, next_token_labels
 from modules.loading import load_causal_lm
 from tests.factories import QA_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl
 
@@ -107,17 +109,20 @@ def test_tokens_per_second_counts_only_real_tokens_of_the_trained_batches(lora_r
 @pytest.mark.parametrize("lora, tolerance", [(False, 0.01), (True, 0.05)])
 def test_flops_estimate_matches_torch_flop_counter(tiny_model_dir, lora, tolerance):
     """Eager attention, so the counter sees the score matmuls. For LoRA, 6·N·T would be ~34% off here;
-    4·N·T over-counts only the input gradients layer 0 never needs."""
+    4·N·T over-counts only the input gradients layer 0 never needs. The output layer runs on the
+    trained positions only (the last 10 of each row here)."""
     model = load_causal_lm(str(tiny_model_dir), attn_implementation="eager")
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     input_ids = torch.randint(0, 250, (3, 40))
-    attention_mask = torch.ones_like(input_ids)
-    forward = lambda: model(input_ids=input_ids, attention_mask=attention_mask).logits  # noqa: E731
+    labels = input_ids.masked_fill(torch.arange(40) < 30, IGNORE_INDEX)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    targets = next_token_labels(labels)
+    forward = lambda: forward_keeping(model, batch, targets != IGNORE_INDEX, targets).logits  # noqa: E731
     measured_training = measure_flops(model, forward, loss_fn=torch.Tensor.sum)
     measured_forward = measure_flops(model, forward)
-    assert training_flops(model, attention_mask) == pytest.approx(measured_training, rel=tolerance)
-    assert forward_flops(model, attention_mask) == pytest.approx(measured_forward, rel=0.01)
+    assert training_flops(model, batch) == pytest.approx(measured_training, rel=tolerance)
+    assert forward_flops(model, batch) == pytest.approx(measured_forward, rel=0.01)
 
 
 def test_mfu_uses_the_weights_dtype_when_the_trainer_runs_in_float32(tiny_model_dir):

@@ -83,6 +83,23 @@ def test_fit_resume_and_predict(run_config, tmp_path):
     assert len(contents["t4"]) == 2
 
 
+def test_a_fit_resumed_mid_epoch_ends_with_the_weights_of_an_uninterrupted_fit(run_config, tmp_path):
+    """4 batches an epoch, a checkpoint every 2 steps: resuming from step 2 must train the epoch's
+    other 2 batches, not redraw the epoch from the start."""
+    one_per_batch = ["--data.batch_size", "1", "--trainer.max_steps", "4"]
+    main(["fit", "--config", run_config, *one_per_batch, "--trainer.logger.init_args.name", "straight",
+          "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "-1"])
+    checkpoints = tmp_path / "runs" / "straight" / "version_0" / "checkpoints"
+    main(["fit", "--config", run_config, *one_per_batch, "--ckpt_path", str(checkpoints / "epoch=0-step=2.ckpt"),
+          "--seed_everything", "8"])  # another seed on the command line: the checkpoint's order wins
+    straight = load_checkpoint(checkpoints / "last.ckpt")
+    resumed = load_checkpoint(tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == straight["global_step"] == 4
+    assert straight["state_dict"].keys() == resumed["state_dict"].keys()
+    for name, weight in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], weight, rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_checkpoint_from_another_peft_config_is_refused(run_config, tmp_path, tiny_model_dir):
     """Non-strict PEFT loading must not silently ignore adapters that do not fit the model."""
     from peft import LoraConfig

@@ -39,7 +39,7 @@ def test_step_loss_is_mean_over_all_step_tokens_not_mean_of_micro_batch_means(ti
     module = sft_module(tiny_model_dir)
     datamodule = qa_datamodule(tiny_model_dir, train_path, batch_size=2)
     datamodule.setup("fit")
-    ordered = datamodule._loader(datamodule.training_examples("train"), 2, False, datamodule.collator_for_training())
+    ordered = datamodule._loader(datamodule.training_examples("train"), 2, datamodule.collator_for_training())
     micro_batches = list(StepTokenCounts(ordered, accumulate_grad_batches=4))
     step_loss = sum(module.head.training_loss(module.model, b)["loss"] for b in micro_batches)
 
@@ -98,12 +98,42 @@ def test_length_grouped_batches_cover_every_example_once_with_little_padding():
 
     lengths = [(i * 37) % 100 + 1 for i in range(64)]
     torch.manual_seed(0)
-    batches = list(LengthGroupedBatchSampler(lengths, batch_size=8, window_batches=8))
+    batches = list(LengthGroupedBatchSampler(lengths, batch_size=8, seed=0, window_batches=8))
     assert sorted(i for batch in batches for i in batch) == list(range(64))
     padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
     assert padded < 1.15 * sum(lengths)  # shuffled batches of 8 would pad far more
     first_batch_lengths = [max(lengths[i] for i in batch) for batch in batches]
     assert first_batch_lengths != sorted(first_batch_lengths, reverse=True)  # batch order is shuffled
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_resumed_sampler_redraws_its_epoch_and_skips_the_trained_batches(grouped):
+    from datamodules.batching import EpochBatchSampler, LengthGroupedBatchSampler
+
+    def sampler(seed):
+        return LengthGroupedBatchSampler(list(range(1, 41)), 4, seed) if grouped else EpochBatchSampler(40, 4, seed)
+
+    straight = sampler(seed=3)
+    epochs = [list(straight), list(straight), list(straight)]
+    assert epochs[0] != epochs[1] != epochs[2]  # a new order every epoch
+    torch.manual_seed(123)  # the global random state plays no part
+    resumed = sampler(seed=99)
+    resumed.load_state_dict(straight.state_dict())  # the seed comes from the checkpoint
+    resumed.resume_at(epoch=1, batches_done=6)
+    assert list(resumed) == epochs[1][6:]
+    assert list(resumed) == epochs[2]  # then whole epochs again
+
+
+@pytest.mark.parametrize("epoch, global_step, expected", [
+    (0, 0, (0, 0)),  # a fresh run
+    (0, 2, (0, 6)),  # 2 steps of 3 batches into the first epoch
+    (1, 5, (1, 3)),  # epochs of 10 batches = 4 steps (the last one short): 1 step into epoch 1
+    (1, 8, (2, 0)),  # saved at the very end of epoch 1
+])
+def test_resume_position_follows_from_the_optimizer_step(epoch, global_step, expected):
+    from datamodules.batching import resume_position
+
+    assert resume_position(epoch, global_step, batches_per_epoch=10, accumulate=3) == expected
 
 
 def test_evaluation_batches_hold_one_type_each_and_cover_every_row_once():
