@@ -61,6 +61,24 @@ def test_lm_loss_of_the_multi_head_covers_only_non_choice_records(tiny_model_dir
     torch.testing.assert_close(mixed_lm, others_lm, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("peft_config", [None, LoraConfig(r=4, lora_alpha=8)])
+def test_the_choice_head_starts_where_letter_scoring_is(tiny_model_dir, tmp_path, peft_config):
+    """Warm start: before training the classifier gives the LM's own option-letter logits."""
+    module = sft_module(tiny_model_dir, head=MultiHead(), peft_config=peft_config)
+    batch = typed_batch(tiny_model_dir, tmp_path, SEPARABLE_CHOICES[:8])
+    with torch.no_grad():
+        option_logits = module.head._parts(module.model, batch).option_logits
+        lm_logits = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    letter_ids = [ord(letter) for letter in "ABCDE"]  # byte tokenizer: a letter's id is its byte
+    at_answer = lm_logits[torch.arange(8), batch["answer_position"]][:, letter_ids][:, :4]
+    torch.testing.assert_close(option_logits[:, :4], at_answer, rtol=1e-4, atol=1e-5)
+    assert torch.isinf(option_logits[:, 4]).all()  # option E is missing from every record
+    random_start = sft_module(tiny_model_dir, head=MultiHead(init_from_letters=False))
+    with torch.no_grad():
+        random_logits = random_start.head._parts(random_start.model, batch).option_logits
+    assert not torch.allclose(random_logits[:, :4], at_answer, atol=1e-2)
+
+
 def test_choice_head_learns_a_separable_choice_set(tiny_model_dir, tmp_path):
     path = write_jsonl(tmp_path / "choices.jsonl", SEPARABLE_CHOICES)
     module = sft_module(tiny_model_dir, head=ChoiceHead(), optimizer=partial(torch.optim.AdamW, lr=1e-2),

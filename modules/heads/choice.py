@@ -32,15 +32,20 @@ class MultiPass:
 
 
 class MultiHead(Head):
-    def __init__(self, lm_weight: float = 1.0, choice_weight: float = 1.0, max_choices: int = 5):
+    def __init__(self, lm_weight: float = 1.0, choice_weight: float = 1.0, max_choices: int = 5,
+                 init_from_letters: bool = True):
         """
         Args:
             lm_weight: Weight of the LM loss (non-choice records) in the total loss.
             choice_weight: Weight of the choice-head loss (choice records) in the total loss.
             max_choices: Most options a choice record may have (A, B, ... up to this many).
+            init_from_letters: Start the classifier from the LM head's rows of the option-letter
+                tokens, so before training it answers exactly as letter scoring does and training
+                starts from what the model already knows; false: a random classifier.
         """
         super().__init__()
         self.lm_weight, self.choice_weight, self.max_choices = lm_weight, choice_weight, max_choices
+        self.init_from_letters = init_from_letters
         self.classifier: nn.Linear | None = None
         self.letter_ids: list[int] = []
 
@@ -48,6 +53,15 @@ class MultiHead(Head):
         hidden_size = model.get_input_embeddings().embedding_dim
         self.classifier = nn.Linear(hidden_size, self.max_choices)
         self.letter_ids = letters.letter_token_ids(tokenizer, self.max_choices)
+        if self.init_from_letters:
+            self._copy_letter_rows(model.get_output_embeddings())
+
+    @torch.no_grad()
+    def _copy_letter_rows(self, lm_head: nn.Linear) -> None:
+        """classifier(h) = the LM head's letter logits at h (the last hidden state is after the final norm)."""
+        self.classifier.weight.copy_(lm_head.weight[self.letter_ids].float())
+        lm_bias = getattr(lm_head, "bias", None)
+        self.classifier.bias.copy_(lm_bias[self.letter_ids].float() if lm_bias is not None else 0.0)
 
     def _check_options(self, batch: dict) -> None:
         most = int(batch["num_choices"].max()) if len(batch["num_choices"]) else 0
@@ -126,9 +140,11 @@ class MultiHead(Head):
 class ChoiceHead(MultiHead):
     """Only the choice classifier is trained; other records (if any) are answered by the untrained LM."""
 
-    def __init__(self, max_choices: int = 5):
+    def __init__(self, max_choices: int = 5, init_from_letters: bool = True):
         """
         Args:
             max_choices: Most options a choice record may have (A, B, ... up to this many).
+            init_from_letters: Start from the LM head's option-letter rows (see MultiHead).
         """
-        super().__init__(lm_weight=0.0, choice_weight=1.0, max_choices=max_choices)
+        super().__init__(lm_weight=0.0, choice_weight=1.0, max_choices=max_choices,
+                         init_from_letters=init_from_letters)
