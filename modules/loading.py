@@ -4,8 +4,10 @@ One function loads each, so the data module (tokenizer) and the model module (we
 disagree about what a name means.
 """
 
+import tempfile
+
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from modules.embedded import resolve_model_path
 from modules.quantization import bitsandbytes_config
@@ -41,17 +43,44 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,
-                   quantization: str | None = None):
+                   quantization: str | None = None, init_from_config: bool = False):
     """The causal LM in ``dtype`` (float32, bfloat16, float16 or auto); with ``quantization``
-    (``4bit`` or ``8bit``) its linear weights are quantized by bitsandbytes on the current GPU."""
+    (``4bit`` or ``8bit``) its linear weights are quantized by bitsandbytes on the current GPU.
+    With ``init_from_config`` its weights are random, in the architecture of its config.json."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
     quantization_config = bitsandbytes_config(quantization)  # no CUDA: stops here, before any download
     resolved = resolve_model_path(name_or_path)
     try:
+        if init_from_config:
+            return random_causal_lm(resolved, dtype, attn_implementation, quantization_config)
         return AutoModelForCausalLM.from_pretrained(
             resolved, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
             quantization_config=quantization_config,
         )
     except OSError as error:
         raise _explain(name_or_path, "model", error) from error
+
+
+def random_causal_lm(folder: str, dtype: str, attn_implementation: str | None, quantization_config=None):
+    """A causal LM with random weights (transformers' own initialisation, so ``seed_everything`` fixes
+    them) in the architecture of ``folder``'s config.json; no weight file is read. For speed and
+    memory benchmarks: the figures do not depend on the weights' values.
+
+    bitsandbytes quantizes weights only while ``from_pretrained`` loads them, so a quantized random
+    model is written once to a temporary folder and loaded back from there: the result is exactly
+    what a quantized load of real weights gives (``Linear4bit`` layers, ``is_loaded_in_4bit``).
+    """
+    config = AutoConfig.from_pretrained(folder)
+    options = {"dtype": DTYPES[dtype]} if dtype != "auto" else {}  # unset: the config's own dtype, as "auto" means
+    if attn_implementation is not None:  # unset: transformers' choice, as from_pretrained makes it
+        options["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_config(config, **options)
+    if quantization_config is None:
+        return model
+    with tempfile.TemporaryDirectory(prefix="random-weights-") as weights_dir:
+        model.save_pretrained(weights_dir)
+        del model
+        return AutoModelForCausalLM.from_pretrained(weights_dir, dtype=DTYPES[dtype],
+                                                    attn_implementation=attn_implementation,
+                                                    quantization_config=quantization_config)

@@ -42,6 +42,7 @@ class SFTModule(L.LightningModule):
     def __init__(
         self,
         model_name_or_path: str = "smollm2-135m-instruct",
+        init_from_config: bool = False,
         peft_config: PeftConfig | None = None,
         head: Head | None = None,
         dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
@@ -58,6 +59,9 @@ class SFTModule(L.LightningModule):
         """
         Args:
             model_name_or_path: An embedded alias (smollm2-135m-instruct), a hub name or a local folder.
+            init_from_config: Random weights in the architecture of the folder's config.json instead of
+                its trained weights (none are read): for speed and memory benchmarks only. The
+                tokenizer still comes from the folder.
             peft_config: Any peft config (class_path: peft.LoraConfig ...); none = full fine-tuning.
             head: The output head; default the causal-LM head.
             dtype: Weights' dtype when loading.
@@ -82,10 +86,11 @@ class SFTModule(L.LightningModule):
                 "trained, only an adapter on top of them (e.g. peft.LoraConfig, which makes it QLoRA)"
             )
         # Only the base model's name is saved: with --ckpt_path, LightningCLI puts saved hyperparameters
-        # over the config and the command line, and every other setting (generation, schedule, dtype)
-        # must stay the user's to change between fit and predict.
+        # over the config and the command line, and every other setting (generation, schedule, dtype,
+        # init_from_config) must stay the user's to change between fit and predict.
         self.save_hyperparameters("model_name_or_path")
         self.model_name_or_path = model_name_or_path
+        self.init_from_config = init_from_config
         self.peft_config = peft_config
         self.head = head if head is not None else LMHead()
         self.dtype_name = dtype
@@ -114,7 +119,7 @@ class SFTModule(L.LightningModule):
         if self.model is not None:
             return
         model = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation,
-                               quantization=self.quantization)
+                               quantization=self.quantization, init_from_config=self.init_from_config)
         self._prepare_for_training(model)
         self.model = apply_peft(model, self.peft_config)
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training

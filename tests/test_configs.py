@@ -1,8 +1,10 @@
 """Every YAML in configs/ parses against the code, and smoke-runs a step on a tiny model.
 
 A config with a ``# gpu-only: <why>`` line (4-bit/8-bit bases, bitsandbytes optimizers) smoke-runs
-on a GPU only; without one it is skipped with that reason, and must instead stop before its first
-step with an error that names the GPU requirement and the setting to change.
+on a GPU only (those runs are marked ``gpu``); without one it is skipped with that reason, and must
+instead stop before its first step with an error that names the GPU requirement and the setting to
+change. The GPU-table configs in benchmarks/gpu/ are parsed and checked the same way; their runs
+are tests/test_gpu_compare.py's.
 """
 
 from pathlib import Path
@@ -16,6 +18,7 @@ from lightning_app.main import main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
+BENCHMARK_CONFIGS = sorted((PROJECT_ROOT / "benchmarks" / "gpu").glob("*.yaml"))
 GPU_ONLY_MARKER = "# gpu-only:"
 
 
@@ -27,7 +30,7 @@ def gpu_only_reason(config: Path) -> str | None:
     return None
 
 
-GPU_ONLY_CONFIGS = [config for config in CONFIGS if gpu_only_reason(config)]
+GPU_ONLY_CONFIGS = [config for config in CONFIGS + BENCHMARK_CONFIGS if gpu_only_reason(config)]
 
 
 def smoke_args(config: Path, model_dir, runs_dir: Path, accelerator: str) -> list[str]:
@@ -43,9 +46,11 @@ def smoke_args(config: Path, model_dir, runs_dir: Path, accelerator: str) -> lis
 
 def test_there_are_configs():
     assert any(path.name == "demo.yaml" for path in CONFIGS)
+    assert [path.stem for path in BENCHMARK_CONFIGS] == [
+        "qwen3_0.6b_full_adamw", "qwen3_0.6b_full_sgd", "qwen3_0.6b_lora", "qwen3_0.6b_qlora"]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.name)
+@pytest.mark.parametrize("config", CONFIGS + BENCHMARK_CONFIGS, ids=lambda path: path.name)
 def test_config_parses_and_first_line_names_its_command(config, monkeypatch):
     monkeypatch.chdir(PROJECT_ROOT)
     cli = SFTCLI(args=["--config", str(config)], run=False)  # builds every object; loads no weights
@@ -56,7 +61,9 @@ def test_config_parses_and_first_line_names_its_command(config, monkeypatch):
     assert yaml.safe_load(config.read_text())  # plain YAML too
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.name)
+@pytest.mark.parametrize("config", [
+    pytest.param(config, marks=[pytest.mark.gpu] if gpu_only_reason(config) else []) for config in CONFIGS
+], ids=lambda path: path.name)
 def test_config_smoke_runs_on_a_tiny_model(config, tiny_model_dir, tmp_path, monkeypatch):
     reason = gpu_only_reason(config)
     if reason and not torch.cuda.is_available():
@@ -68,7 +75,8 @@ def test_config_smoke_runs_on_a_tiny_model(config, tiny_model_dir, tmp_path, mon
 
 def test_the_gpu_only_configs_are_the_quantized_and_bitsandbytes_ones():
     assert {config.stem for config in GPU_ONLY_CONFIGS} == {
-        "smollm2_qlora", "smollm2_lora_8bit", "smollm2_lora_adamw8bit", "smollm2_lora_paged_adamw"}
+        "smollm2_qlora", "smollm2_lora_8bit", "smollm2_lora_adamw8bit", "smollm2_lora_paged_adamw",
+        "qwen3_0.6b_qlora"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without a CUDA GPU gives")
