@@ -19,10 +19,16 @@ from torch.utils.data import Sampler
 
 
 class EpochBatchSampler(Sampler[list[int]]):
-    """Shuffled batches; epoch ``k``'s order depends only on ``seed + k``."""
+    """Shuffled batches; epoch ``k``'s order depends only on ``seed + k``.
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int):
+    Under data parallelism every rank draws the same epoch order and takes every
+    ``num_replicas``-th batch from its ``rank`` on, so ranks never share a batch; the few batches
+    past the last whole round are left out of that epoch, so every rank takes as many steps.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0):
         self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
         self.skip_batches = 0
 
@@ -39,13 +45,15 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.seed = state["seed"]
 
     def __len__(self) -> int:
-        return (self.num_examples + self.batch_size - 1) // self.batch_size
+        all_batches = (self.num_examples + self.batch_size - 1) // self.batch_size
+        return all_batches // self.num_replicas
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self.epoch_batches(torch.Generator().manual_seed(self.seed + self.epoch))
+        this_rank = batches[self.rank :: self.num_replicas][: len(self)]
         skip, self.skip_batches = self.skip_batches, 0
         self.epoch += 1
-        yield from batches[skip:]
+        yield from this_rank[skip:]
 
     def epoch_batches(self, generator: torch.Generator) -> list[list[int]]:
         order = torch.randperm(self.num_examples, generator=generator).tolist()
@@ -53,8 +61,9 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 class LengthGroupedBatchSampler(EpochBatchSampler):
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, window_batches: int = 50):
-        super().__init__(len(lengths), batch_size, seed)
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window_batches: int = 50,
+                 num_replicas: int = 1, rank: int = 0):
+        super().__init__(len(lengths), batch_size, seed, num_replicas, rank)
         self.lengths = list(lengths)
         self.window = batch_size * window_batches
 

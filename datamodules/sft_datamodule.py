@@ -124,10 +124,12 @@ class SFTDataModule(L.LightningDataModule):
     def train_dataloader(self):
         examples, collator = self.training_examples("train"), self.collator_for_training()
         seed = torch.initial_seed()  # what seed_everything set: the run's seed
+        ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank} if self.trainer else {}
         if self.group_by_length:
-            batches = LengthGroupedBatchSampler([len(ids) for ids in examples["input_ids"]], self.batch_size, seed)
+            lengths = [len(ids) for ids in examples["input_ids"]]
+            batches = LengthGroupedBatchSampler(lengths, self.batch_size, seed, **ranks)
         else:
-            batches = EpochBatchSampler(len(examples), self.batch_size, seed)
+            batches = EpochBatchSampler(len(examples), self.batch_size, seed, **ranks)
         accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
         if self.trainer is not None:  # a resumed fit carries on where its epoch stopped
             batches.resume_at(*resume_position(self.trainer.current_epoch, self.trainer.global_step,

@@ -124,6 +124,22 @@ def test_a_resumed_sampler_redraws_its_epoch_and_skips_the_trained_batches(group
     assert list(resumed) == epochs[2]  # then whole epochs again
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_data_parallel_ranks_split_each_epoch_without_sharing_a_batch(grouped):
+    from datamodules.batching import EpochBatchSampler, LengthGroupedBatchSampler
+
+    def sampler(**ranks):
+        if grouped:
+            return LengthGroupedBatchSampler(list(range(1, 43)), 4, 5, **ranks)
+        return EpochBatchSampler(42, 4, 5, **ranks)
+
+    single = list(sampler())  # 11 batches (the last one of 2)
+    ranks = [list(sampler(num_replicas=3, rank=rank)) for rank in range(3)]
+    assert [len(batches) for batches in ranks] == [3, 3, 3]  # equal steps; 2 batches sit this epoch out
+    seen = [tuple(batch) for batches in ranks for batch in batches]
+    assert len(set(seen)) == 9 and set(seen) <= {tuple(batch) for batch in single}
+
+
 @pytest.mark.parametrize("epoch, global_step, expected", [
     (0, 0, (0, 0)),  # a fresh run
     (0, 2, (0, 6)),  # 2 steps of 3 batches into the first epoch
