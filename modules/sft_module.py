@@ -107,6 +107,7 @@ class SFTModule(L.LightningModule):
         self._tokenizer = None
         self.tokens_seen = 0
         self.trained_tokens_seen = 0
+        self._step_losses: dict[str, torch.Tensor] = {}  # summed over the micro-batches of the current step
         # PEFT checkpoints hold only the trainable weights; the frozen base comes from the model.
         self.strict_loading = peft_config is None
 
@@ -160,16 +161,20 @@ class SFTModule(L.LightningModule):
         # AdaLoRA's regulariser rides on every micro-batch's loss: one share per micro-batch is once a step.
         weigh_adalora_regulariser(self.model, self.peft_config, 1 / self.trainer.accumulate_grad_batches)
         losses = self.head.training_loss(self.model, batch)
-        accumulate = self.trainer.accumulate_grad_batches
-        # Each part is this micro-batch's share of the step's mean (its divisor is the whole step's);
-        # times the number of micro-batches, their plain epoch average is the mean step loss, for
-        # every head and whatever each part is a mean over (tokens, records).
+        # Each part is this micro-batch's share of the step's mean (its divisor is the whole step's),
+        # so the shares of a step's micro-batches add up to the step's loss: logged once it is whole.
         for name, value in losses.items():
-            self.log(f"train/{name}", value.detach() * accumulate, batch_size=1, on_step=True, on_epoch=True,
-                     prog_bar=(name == "loss"))
+            self._step_losses[name] = self._step_losses.get(name, 0.0) + value.detach()
         self._count_tokens(batch, trained_tokens_in(batch))
         # Lightning divides by accumulate_grad_batches; the loss is already a mean over the whole step.
-        return losses["loss"] * accumulate
+        return losses["loss"] * self.trainer.accumulate_grad_batches
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """All micro-batches of the step are in: log its losses (one point per optimizer step; the
+        epoch value is the mean step loss), for every head and whatever each part is a mean over."""
+        for name, value in self._step_losses.items():
+            self.log(f"train/{name}", value, batch_size=1, on_step=True, on_epoch=True, prog_bar=(name == "loss"))
+        self._step_losses = {}
 
     def _count_tokens(self, batch: dict, batch_tokens: int) -> None:
         self.tokens_seen += int(batch["attention_mask"].sum())

@@ -16,7 +16,7 @@ SGD = partial(torch.optim.SGD, lr=1.0)
 def one_step_weights(model_dir, train_path, batch_size, accumulate):
     module = sft_module(model_dir, optimizer=SGD, lr_schedule="constant")
     trainer = quiet_trainer(max_steps=1, accumulate_grad_batches=accumulate)
-    torch.manual_seed(123)  # same shuffle order for both runs: RandomSampler permutes 8 indices
+    torch.manual_seed(123)  # the batch sampler draws its order from this seed: the same 8 examples first
     trainer.fit(module, qa_datamodule(model_dir, train_path, batch_size))
     return {name: p.detach().clone() for name, p in module.model.named_parameters()}
 
@@ -53,6 +53,21 @@ def test_step_loss_is_mean_over_all_step_tokens_not_mean_of_micro_batch_means(ti
         micro_means.append(token_losses / int((targets != -100).sum()))
     torch.testing.assert_close(step_loss, summed / tokens)
     assert abs(float(step_loss) - float(sum(micro_means) / 4)) > 1e-4  # the trap differs measurably
+
+
+def test_logged_step_loss_is_the_whole_step_not_its_last_micro_batch(tiny_model_dir, tmp_path):
+    train_path = write_jsonl(tmp_path / "train.jsonl", QA_RECORDS)
+
+    def first_step_logged_loss(batch_size, accumulate):
+        module = sft_module(tiny_model_dir, optimizer=SGD, lr_schedule="constant")
+        trainer = quiet_trainer(max_steps=1, accumulate_grad_batches=accumulate, log_every_n_steps=1)
+        torch.manual_seed(123)  # the same 8 examples make up the first step of both runs
+        trainer.fit(module, qa_datamodule(tiny_model_dir, train_path, batch_size))
+        return float(trainer.callback_metrics["train/loss_step"]), float(trainer.callback_metrics["train/loss_epoch"])
+
+    one_batch = first_step_logged_loss(batch_size=8, accumulate=1)
+    accumulated = first_step_logged_loss(batch_size=2, accumulate=4)
+    assert accumulated == pytest.approx(one_batch, rel=1e-5)
 
 
 def test_lora_step_changes_adapters_and_leaves_base_weights_bit_identical(tiny_model_dir, tmp_path):
