@@ -48,7 +48,7 @@ main() {
     "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$out/pytest_gpu.log" || true
   fi
   # shellcheck disable=SC2086  # METHODS is a list of words
-  "$PYTHON" -m benchmarks.gpu_compare --out "$out" --methods ${METHODS:-full_adamw full_sgd lora qlora} -- "$@"
+  "$PYTHON" -m benchmarks.compare_methods --out "$out" --methods ${METHODS:-full_adamw full_sgd lora qlora} -- "$@"
 }
 
 if [ "${1:-}" = --install-only ]; then

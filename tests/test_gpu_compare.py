@@ -1,6 +1,6 @@
 """The GPU table's pipeline, on a CPU: random weights from an architecture's config.json
 (``model.init_from_config``), an architecture folder prepared like benchmarks/architectures/qwen3-0.6b,
-and the four benchmarks/gpu configs fitted and compared by benchmarks/gpu_compare.py on a tiny one."""
+and the four benchmarks/gpu configs fitted and compared by benchmarks/compare_methods.py on a tiny one."""
 
 import json
 import math
@@ -13,7 +13,7 @@ import yaml
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, Qwen3Config
 
-from benchmarks import gpu_compare
+from benchmarks import compare_methods as gpu_compare
 from benchmarks.prepare_architecture import prepare_architecture
 from lightning_app.compare import read_loss_curves
 from modules.loading import ModelLoadError, load_causal_lm, load_tokenizer
@@ -149,7 +149,7 @@ def test_benchmark_compares_one_row_per_method(benchmark):
     run_dirs, failures, out = benchmark
     methods = ["full_adamw", "full_sgd", "lora"] + (["qlora"] if torch.cuda.is_available() else [])
     assert [run_dir.parent.name for run_dir in run_dirs] == [f"qwen3_0.6b_{method}" for method in methods]
-    table = [line for line in (out / "comparison.md").read_text().split("## GPU details")[0].splitlines()
+    table = [line for line in (out / "comparison.md").read_text().split("## Details")[0].splitlines()
              if line.startswith("|")]
     assert table_cells(table[0]) == COLUMNS and len(table) == 2 + len(methods)
     rows = [dict(zip(COLUMNS, table_cells(line))) for line in table[2:]]
@@ -182,7 +182,7 @@ def test_benchmark_runs_are_the_configs_on_the_same_random_weights(benchmark, ti
 
 def test_benchmark_writes_details_curves_and_the_runs_bundle(benchmark):
     run_dirs, failures, out = benchmark
-    details = (out / "comparison.md").read_text().split("## GPU details")[1]
+    details = (out / "comparison.md").read_text().split("## Details")[1]
     assert sum(line.startswith("| qwen3_0.6b_") for line in details.splitlines()) == len(run_dirs)
     assert "Measured on " in details and "transformers " in details
     assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,16 +1,21 @@
-"""Issue 4's GPU table: fit the four ``benchmarks/gpu/qwen3_0.6b_*.yaml`` runs, then compare them.
+"""Fit several configs, each in its own process, then compare them: the GPU table and the CPU table.
 
-``benchmarks/gpu_compare.sh`` runs this on the GPU machine (after installing the carried wheels);
-from the repository root, with the architecture folder prepared (``benchmarks/gpu_prepare.sh``):
+The GPU table (issue 4) is the four ``benchmarks/gpu/qwen3_0.6b_*.yaml`` runs, picked by
+``--methods``; ``benchmarks/gpu_compare.sh`` runs it on the GPU machine (after installing the
+carried wheels), with the architecture folder prepared (``benchmarks/gpu_prepare.sh``).
+``--configs`` takes any config files instead (``benchmarks/cpu_methods.sh``: every CPU method).
+From the repository root:
 
-    python -m benchmarks.gpu_compare --out OUT_DIR [--methods full_adamw lora] [-- extra fit options]
+    python -m benchmarks.compare_methods --out OUT_DIR [--methods full_adamw lora] [-- extra fit options]
+    python -m benchmarks.compare_methods --out OUT_DIR --configs configs/smollm2_lora.yaml ... [-- ...]
 
-Each method is an ordinary ``sft fit`` of its config, in its own process (its own CUDA context and
-peak-memory counter), with runs saved under ``--runs``. A method that fails is reported and the
-others still run; the exit status is 1 if any failed. Written into ``OUT_DIR``:
+Each config is an ordinary ``sft fit``, in its own process (its own CUDA context and peak-memory
+counter), with runs saved under ``--runs``. A fit that fails is reported and the others still run;
+the exit status is 1 if any failed. Written into ``OUT_DIR``:
 
 - ``comparison.md`` and ``loss_curves.png``: ``sft compare`` of the runs that finished, with a
-  second table of the GPU figures the first leaves out and a line naming the machine and versions;
+  second table of the figures the first leaves out (reserved memory, step time, samples/s, MFU)
+  and a line naming the machine and versions;
 - ``runs.tar.gz``: each run's ``summary.json``, ``summary.md``, ``config.yaml`` and TensorBoard
   events, enough to redraw or re-compare them anywhere.
 """
@@ -38,11 +43,12 @@ def config_path(method: str) -> Path:
 
 
 def check_architecture_prepared(config: Path, fit_args: list[str]) -> None:
-    """The config's model folder (or the one overriding it) needs the tokenizer files prepared beside it."""
+    """A model folder (the config's, or the one overriding it) needs the tokenizer files prepared
+    beside its config.json; a model name or alias is left to the fit."""
     folder = yaml.safe_load(config.read_text())["model"]["model_name_or_path"]
     if "--model.model_name_or_path" in fit_args:
         folder = fit_args[fit_args.index("--model.model_name_or_path") + 1]
-    if not (Path(folder) / "tokenizer_config.json").is_file():
+    if Path(folder).is_dir() and not (Path(folder) / "tokenizer_config.json").is_file():
         raise FileNotFoundError(
             f"{folder} has no tokenizer files: run `bash benchmarks/gpu_prepare.sh` (or "
             f"`python benchmarks/prepare_architecture.py {folder}`) here, and carry the folder to the GPU machine"
@@ -72,18 +78,24 @@ def fit(config: Path, runs_dir: Path, fit_args: list[str], in_process: bool) -> 
 
 def run_benchmark(methods: list[str], runs_dir: Path, out_dir: Path, fit_args: list[str],
                   in_process: bool = False) -> tuple[list[Path], dict[str, str]]:
-    """Fit each method, compare those that finished; returns their run folders and the failures."""
+    """The GPU table's methods (see ``run_configs``)."""
+    return run_configs({method: config_path(method) for method in methods}, runs_dir, out_dir, fit_args, in_process)
+
+
+def run_configs(configs: dict[str, Path], runs_dir: Path, out_dir: Path, fit_args: list[str],
+                in_process: bool = False) -> tuple[list[Path], dict[str, str]]:
+    """Fit each config (by label), compare those that finished; returns their run folders and the failures."""
     from lightning_app.compare import compare_runs
 
-    for method in methods:
-        check_architecture_prepared(config_path(method), fit_args)
+    for config in configs.values():
+        check_architecture_prepared(config, fit_args)
     run_dirs, failures = [], {}
-    for method in methods:
+    for label, config in configs.items():
         try:
-            run_dirs.append(fit(config_path(method), runs_dir, fit_args, in_process))
-        except Exception as error:  # one method's failure must not cost the others' figures
-            failures[method] = f"{type(error).__name__}: {error}"
-            print(f"!!! {method} failed: {failures[method]}", flush=True)
+            run_dirs.append(fit(config, runs_dir, fit_args, in_process))
+        except Exception as error:  # one fit's failure must not cost the others' figures
+            failures[label] = f"{type(error).__name__}: {error}"
+            print(f"!!! {label} failed: {failures[label]}", flush=True)
     if run_dirs:
         markdown_path = compare_runs([str(run_dir) for run_dir in run_dirs], str(out_dir))
         summaries = [json.loads((run_dir / "summary.json").read_text()) for run_dir in run_dirs]
@@ -105,7 +117,7 @@ def details_markdown(summaries: list[dict], failures: dict[str, str]) -> str:
              figure(summary.get("step_seconds"), "{:.3f}"), figure(summary.get("samples_per_second"), "{:.1f}"),
              figure(summary.get("mfu"), "{:.3f}"), str(summary.get("global_step"))] for summary in summaries]
     header = ["run", "peak reserved (MiB)", "s/optimizer step", "samples/s", "MFU", "optimizer steps"]
-    lines = ["## GPU details", "", markdown_table(header, rows), "", f"Measured on {machine_line()}.", ""]
+    lines = ["## Details", "", markdown_table(header, rows), "", f"Measured on {machine_line()}.", ""]
     lines += [f"Failed: `{method}`: {reason}" for method, reason in failures.items()]
     return "\n".join(lines) + "\n"
 
@@ -140,12 +152,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for comparison.md, loss_curves.png and runs.tar.gz")
     parser.add_argument("--runs", type=Path, default=Path("runs/gpu_table"),
                         help="save_dir of the runs (default: %(default)s)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="GPU-table methods (benchmarks/gpu/qwen3_0.6b_<method>.yaml)")
+    parser.add_argument("--configs", nargs="+", type=Path, help="any config files instead of --methods")
     parser.add_argument("fit_args", nargs="*", help="after --: options added to every fit, e.g. --trainer.max_steps 5")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine_line()}", flush=True)
-    run_dirs, failures = run_benchmark(args.methods, args.runs, args.out, args.fit_args)
+    configs = ({config.stem: config for config in args.configs} if args.configs
+               else {method: config_path(method) for method in args.methods})
+    run_dirs, failures = run_configs(configs, args.runs, args.out, args.fit_args)
     print(f"runs: {', '.join(map(str, run_dirs))}\nwritten: {args.out}/comparison.md, loss_curves.png, runs.tar.gz")
     if failures:
         print(f"failed: {', '.join(failures)}")
