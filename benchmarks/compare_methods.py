@@ -108,7 +108,7 @@ def run_configs(configs: dict[str, Path], runs_dir: Path, out_dir: Path, fit_arg
 
 def details_markdown(summaries: list[dict], failures: dict[str, str]) -> str:
     """What the comparison table leaves out: reserved memory, step time, samples/s, MFU; the machine."""
-    from modules.tables import markdown_table
+    from core.tables import markdown_table
 
     def figure(value, form: str) -> str:
         return "n/a" if value is None else form.format(value)

@@ -14,8 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from modules.files import write_text_atomically
-from modules.loading import load_tokenizer
+from core.files import write_text_atomically
+from core.tokenizer import load_tokenizer
 
 SPECIAL_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 

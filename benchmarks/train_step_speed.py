@@ -19,7 +19,7 @@ import time
 import torch
 from peft import LoraConfig
 
-from datamodules.chat_tokens import IGNORE_INDEX
+from core.constants import IGNORE_INDEX
 from modules.heads.kept_logits import forward_keeping, next_token_labels
 from modules.loading import load_causal_lm
 from modules.peft_setup import apply_peft

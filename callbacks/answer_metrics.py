@@ -42,7 +42,7 @@ class AnswerMetrics(Callback):
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if not self.enabled or not self.answers or trainer.datamodule is None:
             return
-        from modules.evaluation.scoring import format_metrics_table, score_answers
+        from evaluation.scoring import format_metrics_table, score_answers
 
         rows = ordered_answers(self.answers)
         self.metrics = score_answers({row["id"]: row["content"] for row in rows},
@@ -54,7 +54,7 @@ class AnswerMetrics(Callback):
             print(format_metrics_table(self.metrics))
 
     def _write(self, run_dir: Path, rows: list[dict]) -> None:
-        from modules.evaluation.scoring import write_metrics
+        from evaluation.scoring import write_metrics
 
         answers_path = write_answers(rows, run_dir / "test_answers")
         metrics_path = run_dir / "metrics.json"

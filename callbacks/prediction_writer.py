@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from modules.files import write_text_atomically
+from core.files import write_text_atomically
 
 
 def ordered_answers(batches: list[list[dict]]) -> list[dict]:

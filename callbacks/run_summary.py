@@ -25,8 +25,8 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from modules.files import write_text_atomically
-from modules.tables import markdown_table
+from core.files import write_text_atomically
+from core.tables import markdown_table
 
 from callbacks.memory import MemoryMonitor
 from callbacks.throughput import SFTThroughputMonitor

@@ -27,7 +27,7 @@ class ValidationAnswers(Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self.num_records <= 0 or trainer.sanity_checking or trainer.datamodule is None:
             return
-        from modules.evaluation.scoring import score_answers
+        from evaluation.scoring import score_answers
 
         answers = self._answers(trainer.datamodule, pl_module)
         wanted = {row["id"] for row in answers}

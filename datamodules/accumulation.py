@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from datamodules.chat_tokens import IGNORE_INDEX
+from core.constants import IGNORE_INDEX
 
 
 def trained_tokens_in(batch: dict[str, Any], rows: torch.Tensor | None = None) -> int:

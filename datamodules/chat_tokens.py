@@ -25,9 +25,9 @@ from typing import Any
 
 from trl.data_utils import common_prefix_length
 
+from core.constants import IGNORE_INDEX
 from datamodules.formats import Message
 
-IGNORE_INDEX = -100
 TRAIN_ON_CHOICES = ("all_assistant", "last_assistant")
 
 

@@ -11,8 +11,8 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from datamodules.chat_tokens import IGNORE_INDEX
-from datamodules.formats import MissingFieldError
+from core.constants import IGNORE_INDEX
+from core.errors import MissingFieldError
 
 NO_LABEL = -1
 

@@ -15,6 +15,8 @@ differ needs YAML, not code.
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from core.errors import MissingFieldError
+
 FORMATS = ("typed", "messages", "prompt_completion", "instruction", "qa", "math", "think")
 QUESTION_TYPES = ("choice", "code-generate", "generic-generate", "math")
 
@@ -33,16 +35,6 @@ Record = Mapping[str, Any]
 Message = dict[str, str]
 
 
-class MissingFieldError(KeyError):
-    """A record lacks a field its format needs; the datamodule adds the file and line."""
-
-    def __init__(self, field: str, detail: str = ""):
-        super().__init__(field)
-        self.field = field
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"missing or invalid field '{self.field}'" + (f": {self.detail}" if self.detail else "")
 
 
 class FieldReader:

@@ -7,8 +7,8 @@ Trained tokens are shown between ``⟦`` and ``⟧``; the dump holds the very ``
 import json
 from pathlib import Path
 
-from datamodules.chat_tokens import IGNORE_INDEX
-from modules.files import write_text_atomically
+from core.constants import IGNORE_INDEX
+from core.files import write_text_atomically
 
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 

@@ -14,8 +14,10 @@ import numpy as np
 
 from datamodules.choice_fields import NO_LABEL, answer_position, choice_fields
 from datamodules.chat_tokens import count_trained, prompt_ids_for_generation, tokenize_conversation, truncate
-from datamodules.formats import MissingFieldError, split_prompt, to_messages
-from datamodules.records import RecordError, RowLocator
+from core.errors import MissingFieldError
+from datamodules.formats import split_prompt, to_messages
+from core.errors import RecordError
+from datamodules.records import RowLocator
 
 
 @dataclass(frozen=True)

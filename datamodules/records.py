@@ -9,17 +9,11 @@ from pathlib import Path
 
 import datasets
 
+from core.errors import RecordError
+
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-class RecordError(ValueError):
-    """A problem with one record, located for the person who has to fix the file."""
-
-    def __init__(self, source: str, location: str, problem: str):
-        super().__init__(f"{source}, {location}: {problem}")
-        self.source = source
-        self.location = location
-        self.problem = problem
 
 
 def _first_bad_json_line(path: Path) -> RecordError | None:

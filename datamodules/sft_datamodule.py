@@ -17,7 +17,7 @@ from datamodules.batching import (
 from datamodules.collate import PromptCollator, training_collator
 from datamodules.preprocess import ConversationSpec, TokenStats, build_prompt_examples, build_training_examples
 from datamodules.records import load_records
-from modules.loading import load_tokenizer
+from core.tokenizer import load_tokenizer
 
 
 class SFTDataModule(L.LightningDataModule):

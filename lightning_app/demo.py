@@ -9,7 +9,7 @@ import gc
 from pathlib import Path
 
 from lightning_app.cli import SFTCLI
-from modules.evaluation.report import build_report
+from evaluation.report import build_report
 
 
 def _run(args: list[str]) -> tuple[Path, str]:

@@ -20,7 +20,7 @@ def inspect_command(argv: list[str]) -> None:
 
 def fetch_model_command(argv: list[str]) -> None:
     """sft fetch-model ALIAS: download and convert an embedded model once, print its folder."""
-    from modules.embedded import ensure_embedded_model
+    from core.embedded import ensure_embedded_model
 
     parser = argparse.ArgumentParser(prog="sft fetch-model", description=fetch_model_command.__doc__)
     parser.add_argument("alias", nargs="?", default="smollm2-135m-instruct")
@@ -29,7 +29,7 @@ def fetch_model_command(argv: list[str]) -> None:
 
 def score_command(argv: list[str]) -> None:
     """sft score --predictions ANSWERS --references LABELLED [--out metrics.json]: no model needed."""
-    from modules.evaluation.scoring import format_metrics_table, score_files
+    from evaluation.scoring import format_metrics_table, score_files
 
     parser = argparse.ArgumentParser(prog="sft score", description=score_command.__doc__)
     parser.add_argument("--predictions", required=True, help="predictions.json (seed format) or .jsonl")
@@ -43,7 +43,7 @@ def score_command(argv: list[str]) -> None:
 
 def report_command(argv: list[str]) -> None:
     """sft report --base RUN_OR_ANSWERS --tuned RUN_OR_ANSWERS --references LABELLED --out DIR."""
-    from modules.evaluation.report import build_report
+    from evaluation.report import build_report
 
     parser = argparse.ArgumentParser(prog="sft report", description=report_command.__doc__)
     parser.add_argument("--base", required=True, help="an `sft test` run directory or an answers file")

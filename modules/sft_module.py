@@ -17,10 +17,11 @@ from peft import PeftConfig
 from datamodules.accumulation import trained_tokens_in
 from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
 from modules.generation import GenerationPlan, GenerationSettings, default_per_type
-from modules.embedded import resolve_model_path
+from core.embedded import resolve_model_path
 from modules.heads import Head, LMHead
 from modules.heads.choice_export import restore_choice_head
-from modules.loading import load_causal_lm, load_tokenizer
+from core.tokenizer import load_tokenizer
+from modules.loading import load_causal_lm
 from modules.optim import parameter_groups, schedule
 from modules.peft_setup import (
     adalora_budget_state,

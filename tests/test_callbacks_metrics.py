@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from callbacks.memory import MemoryMonitor
 from callbacks.run_summary import RunSummary
 from callbacks.throughput import SFTThroughputMonitor, compute_dtype, forward_flops, real_tokens_in, training_flops
-from datamodules.chat_tokens import IGNORE_INDEX
+from core.constants import IGNORE_INDEX
 from modules.heads.kept_logits import forward_keeping, next_token_labels
 from modules.loading import load_causal_lm
 from tests.factories import QA_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modules.evaluation.code_execution import (
+from evaluation.code_execution import (
     build_program,
     check_sample,
     evaluate_code_samples,
@@ -15,7 +15,7 @@ from modules.evaluation.code_execution import (
     pass_at_k,
     run_program,
 )
-from modules.evaluation.sandbox import SANDBOX_UIDS
+from evaluation.sandbox import SANDBOX_UIDS
 
 LIMIT_S = 2.0
 SLACK_S = 3.0

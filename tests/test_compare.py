@@ -9,7 +9,8 @@ from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 from peft import LoraConfig
 
-from lightning_app.compare import compare_command, compare_runs, read_loss_curves
+from evaluation.curves import read_loss_curves
+from lightning_app.compare import compare_command, compare_runs
 from tests.test_callbacks_metrics import TRAIN_BATCHES, fit_with_metrics, table_cells
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

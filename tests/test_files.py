@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from modules.files import write_text_atomically
+from core.files import write_text_atomically
 
 
 def test_write_replaces_whole_file_with_shared_permissions(tmp_path):

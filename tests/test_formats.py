@@ -6,7 +6,8 @@ import pytest
 
 from datamodules.formats import MATH_INSTRUCTION, split_prompt, to_messages
 from datamodules.preprocess import ConversationSpec, build_prompt_examples, build_training_examples
-from datamodules.records import RecordError, load_records
+from core.errors import RecordError
+from datamodules.records import load_records
 
 
 def user_assistant(prompt, answer):

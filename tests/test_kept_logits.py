@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
 from datamodules.accumulation import trained_tokens_in
-from datamodules.chat_tokens import IGNORE_INDEX
+from core.constants import IGNORE_INDEX
 from modules.heads import LMHead, MultiHead
 from modules.peft_setup import AdaLoraConfig
 from tests.factories import TYPED_RECORDS, sft_module, typed_batch

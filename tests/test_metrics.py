@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from modules.evaluation.answers import (
+from evaluation.answers import (
     extract_choice_letter,
     extract_code_samples,
     extract_final_math_answer,
@@ -12,7 +12,7 @@ from modules.evaluation.answers import (
     rouge_normalize,
     rouge_tokenize,
 )
-from modules.evaluation.metrics import (
+from evaluation.metrics import (
     choice_accuracy,
     exact_match,
     math_accuracy,

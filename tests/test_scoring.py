@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from callbacks.prediction_writer import write_answers
-from modules.evaluation.scoring import (
+from evaluation.scoring import (
     format_metrics_table,
     load_predictions,
     load_references,
@@ -51,9 +51,9 @@ class FakeEvaluator:
 @pytest.fixture
 def fake_evaluator(monkeypatch):
     evaluator = FakeEvaluator({"pass@1": 0.5, "pass@3": 0.75, "samples": 4, "passed": 2})
-    module = types.ModuleType("modules.evaluation.code_execution")
+    module = types.ModuleType("evaluation.code_execution")
     module.evaluate_code_samples = evaluator
-    monkeypatch.setitem(sys.modules, "modules.evaluation.code_execution", module)
+    monkeypatch.setitem(sys.modules, "evaluation.code_execution", module)
     return evaluator
 
 
@@ -193,7 +193,7 @@ def test_code_without_any_answer_runs_nothing(fake_evaluator):
 
 
 def test_real_code_execution_if_available():
-    pytest.importorskip("modules.evaluation.code_execution")
+    pytest.importorskip("evaluation.code_execution")
     right = "```python\ndef add(a, b):\n    return a + b\n```"
     wrong = "def add(a, b):\n    return a - b\n"
     metrics = score_answers({"k1": [right, wrong]}, [CODE], code_ks=(1,))
@@ -201,7 +201,7 @@ def test_real_code_execution_if_available():
 
 
 def test_real_code_execution_passes_the_bundled_gold_answers():
-    pytest.importorskip("modules.evaluation.code_execution")
+    pytest.importorskip("evaluation.code_execution")
     references = [record for record in load_references(str(BUNDLED_TEST)) if record["type"] == "code-generate"]
     metrics = score_answers({record["id"]: record["answer"] for record in references}, references, code_ks=(1,))
     assert metrics["code-generate"]["pass@1"] == 1.0 and metrics["code-generate"]["count"] == 10

@@ -5,7 +5,8 @@ completion = the turn)."""
 import datasets
 from trl import SFTConfig, SFTTrainer
 
-from datamodules.chat_tokens import IGNORE_INDEX, tokenize_conversation
+from core.constants import IGNORE_INDEX
+from datamodules.chat_tokens import tokenize_conversation
 from tests.tiny import build_model
 
 CONVERSATION = [

@@ -11,7 +11,7 @@ import torch
 from peft import PeftType
 from torch import nn
 
-from datamodules.chat_tokens import IGNORE_INDEX
+from core.constants import IGNORE_INDEX
 
 # Prompt-learning methods that put virtual tokens in front of the sequence (the logits grow with them);
 # prefix tuning (and its cartridge variant) passes them as past key values, so positions stay put.

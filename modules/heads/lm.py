@@ -3,7 +3,7 @@
 import torch
 
 from datamodules.accumulation import trained_tokens_in
-from datamodules.chat_tokens import IGNORE_INDEX
+from core.constants import IGNORE_INDEX
 from modules.generation import GenerationPlan, generate_for_rows
 from modules.heads import letters
 from modules.heads.base import EvalValue, Head, prompt_forward

@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from datamodules.records import RecordError
-from modules.files import write_text_atomically
-from modules.tables import markdown_table
-from modules.evaluation.answers import extract_choice_letter, extract_code_samples, extract_final_math_answer
-from modules.evaluation.metrics import (
+from core.errors import RecordError
+from core.files import write_text_atomically
+from core.tables import markdown_table
+from evaluation.answers import extract_choice_letter, extract_code_samples, extract_final_math_answer
+from evaluation.metrics import (
     choice_accuracy,
     code_pass_at_k,
     exact_match,

@@ -2,7 +2,7 @@
 
 A problem is HumanEval-shaped: ``prompt`` (imports, signature and docstring), ``test`` (defines
 ``check(candidate)``) and ``entry_point`` (the function's name). Each answer runs in its own
-sandbox (see :mod:`modules.evaluation.sandbox` for what that does and does not guarantee).
+sandbox (see :mod:`evaluation.sandbox` for what that does and does not guarantee).
 
 Statuses: "passed" (exit 0 after the tests ran), "failed" (the program ran and did not pass: a
 failed assertion, any exception, a syntax error, a crash, too much memory or output), "timeout"
@@ -17,7 +17,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from modules.evaluation.sandbox import run_sandboxed
+from evaluation.sandbox import run_sandboxed
 
 DETAIL_CHARS = 200
 _FENCED_BLOCK = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)

@@ -52,7 +52,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from modules.evaluation import sandbox_launcher
+from evaluation import sandbox_launcher
 
 OUTPUT_TAIL_BYTES = 64 * 1024
 """How much of the end of stdout and stderr is kept: enough for a traceback, never the whole flood."""

@@ -17,7 +17,7 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import SQuAD
 from torchmetrics.text.rouge import ROUGEScore
 
-from modules.evaluation.answers import normalize_text, rouge_normalize, rouge_tokenize
+from evaluation.answers import normalize_text, rouge_normalize, rouge_tokenize
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")  # not rougeLsum: it needs nltk's punkt, not downloadable here
 MATH_TIMEOUT_SECONDS = 5
@@ -104,6 +104,6 @@ def code_pass_at_k(problems: list[dict], samples: list[list[str]], ks: tuple[int
 
     Imported here, not at the top, so scoring the other types needs nothing that executes code.
     """
-    from modules.evaluation.code_execution import evaluate_code_samples
+    from evaluation.code_execution import evaluate_code_samples
 
     return evaluate_code_samples(problems, samples, ks=tuple(ks))

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from modules.tables import markdown_table
-from modules.evaluation.scoring import PRIMARY_METRICS, load_predictions, load_references, score_answers
+from core.tables import markdown_table
+from evaluation.curves import plot_loss_curves, read_loss_curves
+from evaluation.scoring import PRIMARY_METRICS, load_predictions, load_references, score_answers
 
 EXAMPLES_PER_TYPE = 3
 
@@ -138,8 +139,6 @@ def build_report(base: str, tuned: str, references_path: str, out_dir: str, name
     curves = None
     training_run = training_run_of(tuned_side.source)
     if training_run is not None:
-        from lightning_app.compare import plot_loss_curves, read_loss_curves  # matplotlib: the picture only
-
         curves = Path(out_dir) / "loss_curves.png"
         curves.parent.mkdir(parents=True, exist_ok=True)
         plot_loss_curves([(tuned_side.name, read_loss_curves(training_run))], curves)

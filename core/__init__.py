@@ -1,0 +1,1 @@
+"""The shared core every layer may import: constants, record errors, files, tables, model names."""
