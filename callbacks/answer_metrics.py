@@ -32,6 +32,14 @@ class AnswerMetrics(Callback):
         self.answers: list[dict] = []
         self.metrics: dict = {}
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Runs after the data module read the test file and before the model loads: a test file
+        without answers stops here, not after every answer was generated."""
+        if stage == "test" and self.enabled and trainer.datamodule is not None:
+            from evaluation.scoring import check_scorable
+
+            check_scorable(trainer.datamodule.records("test"))
+
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.answers = []
 
@@ -42,11 +50,10 @@ class AnswerMetrics(Callback):
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if not self.enabled or not self.answers or trainer.datamodule is None:
             return
-        from evaluation.scoring import format_metrics_table, score_answers
+        from evaluation.scoring import format_metrics_table, score_records
 
         rows = ordered_answers(self.answers)
-        self.metrics = score_answers({row["id"]: row["content"] for row in rows},
-                                     trainer.datamodule.reference_records("test"))
+        self.metrics = score_records({row["id"]: row["content"] for row in rows}, trainer.datamodule.records("test"))
         for name, value in numeric_items(self.metrics):
             pl_module.log(f"test/{name}", value, batch_size=1)
         if trainer.global_rank == 0:

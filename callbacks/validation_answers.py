@@ -24,36 +24,41 @@ class ValidationAnswers(Callback):
         self.text_samples = text_samples
         self.metrics: dict = {}
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Before the model loads: the validation records must carry what their metric compares with."""
+        if stage == "fit" and self.num_records > 0 and trainer.datamodule is not None:
+            from evaluation.scoring import check_scorable
+
+            check_scorable(trainer.datamodule.records("val"))
+
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self.num_records <= 0 or trainer.sanity_checking or trainer.datamodule is None:
             return
-        from evaluation.scoring import score_answers
+        from evaluation.scoring import score_records
 
         answers = self._answers(trainer.datamodule, pl_module)
         wanted = {row["id"] for row in answers}
-        references = [r for r in trainer.datamodule.reference_records("val") if str(r.get("id")) in wanted]
-        self.metrics = score_answers({row["id"]: row["content"] for row in answers}, references)
+        references = [record for record in trainer.datamodule.records("val") if record.id in wanted]
+        self.metrics = score_records({row["id"]: row["content"] for row in answers}, references)
         for name, value in numeric_items(self.metrics):
             pl_module.log(f"val/{name}", value, batch_size=1)
         self._log_text(trainer, answers, references)
 
     def _answers(self, datamodule, pl_module) -> list[dict]:
-        examples = datamodule.training_examples("val").select(range(min(self.num_records,
-                                                                        len(datamodule.training_examples("val")))))
-        loader = datamodule.answering_loader(examples, datamodule.collator_for_training())
         answers = []
-        for batch in loader:
+        for batch in datamodule.answer_dataloader("val", self.num_records):
             answers += pl_module.predict_step(move_data_to_device(batch, pl_module.device), 0)
         return answers
 
-    def _log_text(self, trainer, answers: list[dict], references: list[dict]) -> None:
+    def _log_text(self, trainer, answers: list[dict], references: list) -> None:
         experiment = getattr(trainer.logger, "experiment", None)
         if not hasattr(experiment, "add_text"):
             return
-        by_id = {str(r.get("id")): r for r in references}
+        by_id = {record.id: record for record in references}
         for row in answers[: self.text_samples]:
-            reference = by_id.get(row["id"], {})
+            record = by_id[row["id"]]
+            reference = "\n---\n".join(record.reference.answers) or (record.reference.gold_letter or "")
             text = "\n".join(f"**{label}**\n```\n{value}\n```" for label, value in
-                             [("prompt", reference.get("prompt", "")), ("answer", row["content"]),
-                              ("reference", reference.get("answer", ""))])
+                             [("prompt", record.prompt_messages[-1]["content"]), ("answer", row["content"]),
+                              ("reference", reference)])
             experiment.add_text(f"val_answers/{row['id']}", text, global_step=trainer.global_step)

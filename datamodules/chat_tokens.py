@@ -21,14 +21,15 @@ prefix as a prefix of the whole.
 >>> example["labels"]        # -100 … -100, ids of "hello<|im_end|>\\n"
 """
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from trl.data_utils import common_prefix_length
 
 from core.constants import IGNORE_INDEX
-from datamodules.formats import Message
+from core.record import Message
 
-TRAIN_ON_CHOICES = ("all_assistant", "last_assistant")
+TrainOn = Literal["all_assistant", "last_assistant"]
+TRAIN_ON_CHOICES: tuple[str, ...] = get_args(TrainOn)
 
 
 class TemplateNotPrefixStableError(ValueError):
@@ -92,3 +93,13 @@ def truncate(example: dict[str, list[int]], max_length: int | None) -> tuple[dic
     if max_length is None or len(example["input_ids"]) <= max_length:
         return example, False
     return {key: values[:max_length] for key, values in example.items()}, True
+
+
+def answer_position(labels: list[int], ignore_index: int = IGNORE_INDEX) -> int:
+    """Index of the last prompt token before the last trained span: where the answer is predicted."""
+    position = len(labels) - 1
+    while position > 0 and labels[position] == ignore_index:
+        position -= 1  # skip untrained tail (none for single-turn records)
+    while position > 0 and labels[position - 1] != ignore_index:
+        position -= 1  # walk back to the start of the trained span
+    return max(position - 1, 0)

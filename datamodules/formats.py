@@ -13,12 +13,25 @@ differ needs YAML, not code.
 """
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 from core.errors import MissingFieldError
+from core.record import Message
 
-FORMATS = ("typed", "messages", "prompt_completion", "instruction", "qa", "math", "think")
-QUESTION_TYPES = ("choice", "code-generate", "generic-generate", "math")
+Format = Literal["typed", "messages", "prompt_completion", "instruction", "qa", "math", "think"]
+FORMATS: tuple[str, ...] = get_args(Format)
+ROLES = ("system", "user", "assistant", "tool")  # what chat templates know; a typo would be rendered as a role
+TYPED_QUESTION_TYPES = ("choice", "code-generate", "generic-generate", "math")
+
+# The question type of every record of a format without a ``type`` field.
+FORMAT_QUESTION_TYPES = {
+    "messages": "generic-generate",
+    "prompt_completion": "generic-generate",
+    "instruction": "generic-generate",
+    "qa": "qa",
+    "math": "math",
+    "think": "think",
+}
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -32,7 +45,6 @@ TYPED_PROMPT_TEMPLATES = {
 }
 
 Record = Mapping[str, Any]
-Message = dict[str, str]
 
 
 
@@ -81,7 +93,7 @@ def render_choice_options(choices: Mapping[str, str]) -> str:
 def typed_prompt(fields: FieldReader) -> str:
     question_type = fields.text("type")
     if question_type not in TYPED_PROMPT_TEMPLATES:
-        raise MissingFieldError(fields.key("type"), f"'{question_type}' is not one of {QUESTION_TYPES}")
+        raise MissingFieldError(fields.key("type"), f"'{question_type}' is not one of {TYPED_QUESTION_TYPES}")
     options = ""
     if question_type == "choice":
         choices = fields.get("choices")
@@ -103,6 +115,11 @@ def from_messages(fields: FieldReader) -> list[Message]:
     for position, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
             raise MissingFieldError(fields.key("messages"), f"message {position} needs 'role' and 'content'")
+        if message["role"] not in ROLES:
+            raise MissingFieldError(fields.key("messages"),
+                                    f"message {position} has role {message['role']!r}, expected one of {', '.join(ROLES)}")
+        if not isinstance(message["content"], str):
+            raise MissingFieldError(fields.key("messages"), f"message {position}'s content must be a string")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
@@ -114,8 +131,8 @@ def _history_turns(fields: FieldReader) -> list[Message]:
     """Alpaca-style ``history``: ``[[user, assistant], ...]`` before the current instruction."""
     turns = []
     for pair in fields.get("history", []) or []:
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise MissingFieldError(fields.key("history"), "expected a list of [user, assistant] pairs")
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(text, str) for text in pair):
+            raise MissingFieldError(fields.key("history"), "expected a list of [user, assistant] pairs of strings")
         turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     return turns
 
@@ -128,11 +145,25 @@ def from_instruction(fields: FieldReader) -> list[Message]:
     return system + _history_turns(fields) + _user_assistant(prompt, _answer_or_none(fields, "output"))
 
 
+def qa_answers(fields: FieldReader) -> list[str]:
+    """A QA record's acceptable answers: one string, or a list of them (SQuAD keeps several)."""
+    answer = fields.get("answer")
+    if answer is None or answer == "" or answer == []:
+        return []
+    if isinstance(answer, str):
+        return [answer]
+    if isinstance(answer, list) and all(isinstance(text, str) and text for text in answer):
+        return list(answer)
+    raise MissingFieldError(fields.key("answer"), "expected a non-empty string or a list of acceptable strings")
+
+
 def from_qa(fields: FieldReader) -> list[Message]:
+    """Trains on the first acceptable answer; all of them count when the reply is scored."""
     prompt = fields.text("question")
     if fields.has("context"):
         prompt = f"{fields.text('context')}\n\nQuestion: {prompt}"
-    return _user_assistant(prompt, _answer_or_none(fields, "answer"))
+    answers = qa_answers(fields)
+    return _user_assistant(prompt, answers[0] if answers else None)
 
 
 def from_math(fields: FieldReader) -> list[Message]:

@@ -1,48 +1,26 @@
-"""Record datasets → token datasets: a dataset goes in, a dataset and its statistics come out.
+"""Records → token datasets: records go in, a dataset and its statistics come out.
 
 Training examples carry ``input_ids`` and ``labels``; an example cut by ``max_length`` is counted,
 and one left with no trained token is dropped and counted, so it can never reach the loss.
 Prompt examples (for generation) carry ``prompt_ids`` rendered by the same chat-template code.
+Both carry what the heads need from the record: its id, type, number of options and gold option.
 """
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import numpy as np
 
-from datamodules.choice_fields import NO_LABEL, answer_position, choice_fields
-from datamodules.chat_tokens import count_trained, prompt_ids_for_generation, tokenize_conversation, truncate
-from core.errors import MissingFieldError
-from datamodules.formats import split_prompt, to_messages
 from core.errors import RecordError
-from datamodules.records import RowLocator
-
-
-@dataclass(frozen=True)
-class ConversationSpec:
-    """How records of one dataset become conversations."""
-
-    record_format: str = "typed"
-    renames: Mapping[str, str] = field(default_factory=dict)
-    system_prompt: str | None = None
-    train_on: str = "all_assistant"
-
-    def messages(self, record: Mapping[str, Any], locator: RowLocator, row_index: int) -> list[dict]:
-        try:
-            return to_messages(record, self.record_format, self.renames, self.system_prompt)
-        except MissingFieldError as error:
-            raise RecordError(locator.source, locator.describe(row_index), str(error)) from None
-
-    def head_fields(self, record: Mapping[str, Any], locator: RowLocator, row_index: int) -> dict:
-        """Question type and choice options/label (typed records only)."""
-        if self.record_format != "typed":
-            return {"record_type": "", "num_choices": 0, "choice_label": NO_LABEL}
-        try:
-            return choice_fields(record, self.renames)
-        except MissingFieldError as error:
-            raise RecordError(locator.source, locator.describe(row_index), str(error)) from None
+from core.record import Record
+from datamodules.chat_tokens import (
+    answer_position,
+    count_trained,
+    prompt_ids_for_generation,
+    tokenize_conversation,
+    truncate,
+)
 
 
 @dataclass
@@ -68,38 +46,43 @@ class TokenStats:
         )
 
 
-def record_id(record, row_index: int, spec: ConversationSpec) -> str:
-    """The record's ``id`` field (renamable), else its row number: answers are keyed by it."""
-    value = record.get(spec.renames.get("id", "id"))
-    return str(value) if value is not None else str(row_index)
+def _head_fields(record: Record, row_index: int) -> dict:
+    return {"id": record.id, "record_type": record.type, "num_choices": record.num_choices,
+            "choice_label": record.choice_label, "row_index": row_index}
 
 
-def _training_row(record, row_index, tokenizer, spec: ConversationSpec, max_length, locator):
-    messages = spec.messages(record, locator, row_index)
-    if not any(message["role"] == "assistant" for message in messages):
-        raise RecordError(locator.source, locator.describe(row_index), "no answer to train on")
-    example, was_truncated = truncate(tokenize_conversation(tokenizer, messages, spec.train_on), max_length)
+def _records_dataset(records: list[Record], messages_of) -> datasets.Dataset:
+    """One row per record: the messages to render plus the head fields, in input order."""
+    rows = [{"messages": messages_of(record), **_head_fields(record, index)} for index, record in enumerate(records)]
+    return datasets.Dataset.from_list(rows)
+
+
+def _training_row(row, tokenizer, train_on: str, max_length: int | None):
+    example, was_truncated = truncate(tokenize_conversation(tokenizer, row["messages"], train_on), max_length)
     return {
         **example,
-        **spec.head_fields(record, locator, row_index),
         "answer_position": answer_position(example["labels"]),
         "n_trained": count_trained(example["labels"]),
         "truncated": was_truncated,
-        "id": record_id(record, row_index, spec),
-        "row_index": row_index,
     }
 
 
+def require_answers(records: list[Record]) -> None:
+    """A record to train on (or to compute a test loss on) needs an assistant turn."""
+    for record in records:
+        if not any(message["role"] == "assistant" for message in record.messages):
+            raise RecordError(record.source, record.location, f"no answer to train on (id '{record.id}')")
+
+
 def build_training_examples(
-    records: datasets.Dataset, tokenizer: Any, spec: ConversationSpec, max_length: int | None, source: str
+    records: list[Record], tokenizer: Any, train_on: str, max_length: int | None, source: str
 ) -> tuple[datasets.Dataset, TokenStats]:
     """Tokenize and mask every record; drop those with nothing left to train."""
-    locator = RowLocator(source)
-    tokenized = records.map(
+    require_answers(records)
+    tokenized = _records_dataset(records, lambda record: record.messages).map(
         _training_row,
-        with_indices=True,
-        fn_kwargs={"tokenizer": tokenizer, "spec": spec, "max_length": max_length, "locator": locator},
-        remove_columns=records.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "train_on": train_on, "max_length": max_length},
+        remove_columns=["messages"],
         keep_in_memory=True,
         desc=f"Tokenizing {source}",
     )
@@ -122,26 +105,16 @@ def _stats(tokenized: datasets.Dataset, kept: datasets.Dataset) -> TokenStats:
     )
 
 
-def _prompt_row(record, row_index, tokenizer, spec: ConversationSpec, locator):
-    messages = split_prompt(spec.messages(record, locator, row_index))
-    return {
-        "prompt_ids": prompt_ids_for_generation(tokenizer, messages),
-        "id": record_id(record, row_index, spec),
-        **spec.head_fields(record, locator, row_index),
-        "row_index": row_index,
-    }
+def _prompt_row(row, tokenizer):
+    return {"prompt_ids": prompt_ids_for_generation(tokenizer, row["messages"])}
 
 
-def build_prompt_examples(
-    records: datasets.Dataset, tokenizer: Any, spec: ConversationSpec, source: str
-) -> datasets.Dataset:
+def build_prompt_examples(records: list[Record], tokenizer: Any, source: str) -> datasets.Dataset:
     """Prompts to generate from, in input order, each with its record id and question type."""
-    fn_kwargs = {"tokenizer": tokenizer, "spec": spec, "locator": RowLocator(source)}
-    return records.map(
+    return _records_dataset(records, lambda record: record.prompt_messages).map(
         _prompt_row,
-        with_indices=True,
-        fn_kwargs=fn_kwargs,
-        remove_columns=records.column_names,
+        fn_kwargs={"tokenizer": tokenizer},
+        remove_columns=["messages"],
         keep_in_memory=True,
         desc=f"Rendering prompts of {source}",
     )

@@ -1,7 +1,5 @@
 """The LightningDataModule: record files → chat-template tokens with answer-only labels."""
 
-from typing import Literal
-
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -15,8 +13,11 @@ from datamodules.batching import (
     resume_position,
 )
 from datamodules.collate import PromptCollator, training_collator
-from datamodules.preprocess import ConversationSpec, TokenStats, build_prompt_examples, build_training_examples
-from datamodules.records import load_records
+from core.record import Metric, Record
+from datamodules.chat_tokens import TrainOn
+from datamodules.formats import Format
+from datamodules.normalize import ConversationSpec, read_records
+from datamodules.preprocess import TokenStats, build_prompt_examples, build_training_examples
 from core.tokenizer import load_tokenizer
 
 
@@ -27,10 +28,11 @@ class SFTDataModule(L.LightningDataModule):
         val_path: str | None = None,
         test_path: str | None = None,
         predict_path: str | None = None,
-        format: str = "typed",
+        format: Format = "typed",
         fields: dict[str, str] | None = None,
         system_prompt: str | None = None,
-        train_on: Literal["all_assistant", "last_assistant"] = "all_assistant",
+        train_on: TrainOn = "all_assistant",
+        metric: Metric | None = None,
         max_length: int = 1024,
         batch_size: int = 4,
         group_by_length: bool = True,
@@ -48,6 +50,8 @@ class SFTDataModule(L.LightningDataModule):
             fields: Renames from the format's field names to your data's keys, e.g. {question: Question}.
             system_prompt: A system message put first in every conversation that has none.
             train_on: Train every assistant turn of a conversation, or only the last one.
+            metric: How answers are scored (choice, code, math, rouge, squad, think); default: by the
+                record's type (typed records per type, qa squad, math math, think think, the rest rouge).
             max_length: Examples longer than this many tokens are cut (and counted).
             batch_size: Training micro-batch size (sequences).
             group_by_length: Batch training examples of similar length together (less padding).
@@ -57,7 +61,7 @@ class SFTDataModule(L.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.spec = ConversationSpec(format, dict(fields or {}), system_prompt, train_on)
+        self.spec = ConversationSpec(format, dict(fields or {}), system_prompt, train_on, metric)
         self.paths = {"train": train_path, "val": val_path, "test": test_path, "predict": predict_path}
         self.max_length = max_length
         self.batch_size = batch_size
@@ -66,6 +70,7 @@ class SFTDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.tokenizer_name_or_path = tokenizer_name_or_path
         self._tokenizer = None
+        self._records: dict[str, list[Record]] = {}
         self.examples: dict = {}
         self.token_stats: dict[str, TokenStats] = {}
 
@@ -83,28 +88,34 @@ class SFTDataModule(L.LightningDataModule):
             raise ValueError(f"no {split} data: set --data.{split}_path")
         return path
 
+    def records(self, split: str) -> list[Record]:
+        """The split's records, read and validated once: what training, answering and scoring share."""
+        if split not in self._records:
+            self._records[split] = read_records(self.split_path(split), self.spec)
+        return self._records[split]
+
     def training_examples(self, split: str):
         """Tokenized, masked examples of a split (built once), with their statistics logged."""
         if split not in self.examples:
             path = self.split_path(split)
             examples, stats = build_training_examples(
-                load_records(path), self.tokenizer, self.spec, self.max_length, path
+                self.records(split), self.tokenizer, self.spec.train_on, self.max_length, path
             )
             self.examples[split], self.token_stats[split] = examples, stats
             rank_zero_info(stats.summary(split))
         return self.examples[split]
 
-    def reference_records(self, split: str) -> list[dict]:
-        """The raw records of a split, as the scorer compares answers with them."""
-        return load_records(self.split_path(split)).to_list()
-
     def prompt_examples(self, split: str = "predict"):
         if split not in self.examples:
-            path = self.split_path(split)
-            self.examples[split] = build_prompt_examples(load_records(path), self.tokenizer, self.spec, path)
+            self.examples[split] = build_prompt_examples(self.records(split), self.tokenizer, self.split_path(split))
         return self.examples[split]
 
     def setup(self, stage: str) -> None:
+        """Every configured split is read and validated here, before the model is loaded: a mistake
+        in the test file stops a fit at once, not hours later."""
+        for split, path in self.paths.items():
+            if path:
+                self.records(split)
         if stage == "fit":
             self.training_examples("train")
             if self.paths["val"]:
@@ -148,6 +159,13 @@ class SFTDataModule(L.LightningDataModule):
         batches = TypeGroupedBatchSampler(examples["record_type"], self.eval_batch_size)
         return DataLoader(examples.with_format(None), batch_sampler=batches, collate_fn=collate_fn,
                           num_workers=self.num_workers)
+
+    def answer_dataloader(self, split: str, num_records: int | None = None) -> DataLoader:
+        """The first ``num_records`` labelled records of a split, batched for answering (validation answers)."""
+        examples = self.training_examples(split)
+        if num_records is not None:
+            examples = examples.select(range(min(num_records, len(examples))))
+        return self.answering_loader(examples, self.collator_for_training())
 
     def test_dataloader(self):
         return self.answering_loader(self.training_examples("test"), self.collator_for_training())

@@ -130,3 +130,23 @@ def extract_code_samples(content: str | list[str]) -> list[str]:
     so there is one definition of "the code in a reply".
     """
     return [content] if isinstance(content, str) else list(content)
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_think(reply: str) -> tuple[str, bool]:
+    """(the final answer, whether the think block was closed) of a reasoning reply.
+
+    The answer is the text after the last ``</think>``; a reply that opened a think block and
+    never closed it has no answer (it ran out of tokens, or never learned to stop); a reply
+    without any think block is all answer.
+
+    >>> split_think("<think>\n2+2\n</think>\n\nFour.")
+    ('Four.', True)
+    """
+    if THINK_CLOSE in reply:
+        return reply.rsplit(THINK_CLOSE, 1)[1].strip(), True
+    if THINK_OPEN in reply:
+        return "", False
+    return reply.strip(), False

@@ -16,7 +16,8 @@ import yaml
 
 from core.tables import markdown_table
 from evaluation.curves import plot_loss_curves, read_loss_curves
-from evaluation.scoring import PRIMARY_METRICS, load_predictions, load_references, score_answers
+from core.record import Record
+from evaluation.scoring import TYPE_ORDER, load_predictions, score_records
 
 EXAMPLES_PER_TYPE = 3
 
@@ -31,15 +32,15 @@ class Side:
     source: Path
 
 
-def load_side(name: str, run_or_answers: str, references: list[dict]) -> Side:
+def load_side(name: str, run_or_answers: str, references: list[Record]) -> Side:
     source = Path(run_or_answers)
     if source.is_dir():
         answers = load_predictions(str(source / "test_answers" / "predictions.jsonl"))
         metrics_path = source / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else score_answers(answers, references)
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else score_records(answers, references)
     else:
         answers = load_predictions(str(source))
-        metrics = score_answers(answers, references)
+        metrics = score_records(answers, references)
     return Side(name, answers, metrics, source)
 
 
@@ -57,7 +58,7 @@ def training_run_of(run_dir: Path) -> Path | None:
 def metric_rows(base: Side, tuned: Side) -> list[list[str]]:
     """[type, metric, base, tuned, change] for every metric either side has."""
     rows = []
-    types = [t for t in list(PRIMARY_METRICS) + ["overall"] if t in base.metrics or t in tuned.metrics]
+    types = [t for t in list(TYPE_ORDER) + ["overall"] if t in base.metrics or t in tuned.metrics]
     for record_type in types:
         names = sorted(set(base.metrics.get(record_type, {})) | set(tuned.metrics.get(record_type, {})))
         for name in names:
@@ -77,19 +78,17 @@ def _change(before, after) -> str:
     return ""
 
 
-def example_rows(base: Side, tuned: Side, references: list[dict]) -> list[list[str]]:
+def example_rows(base: Side, tuned: Side, references: list[Record]) -> list[list[str]]:
     """A few [type, id, prompt, base answer, tuned answer, reference] per question type."""
     shown: dict[str, int] = {}
     rows = []
-    for reference in references:
-        record_type = reference.get("type", "qa")
-        if shown.get(record_type, 0) >= EXAMPLES_PER_TYPE:
+    for record in references:
+        if shown.get(record.type, 0) >= EXAMPLES_PER_TYPE:
             continue
-        shown[record_type] = shown.get(record_type, 0) + 1
-        record_id = str(reference["id"])
-        rows.append([record_type, record_id, str(reference.get("prompt", reference.get("question", ""))),
-                     _first(base.answers.get(record_id)), _first(tuned.answers.get(record_id)),
-                     str(reference.get("answer", ""))])
+        shown[record.type] = shown.get(record.type, 0) + 1
+        rows.append([record.type, record.id, record.prompt_messages[-1]["content"],
+                     _first(base.answers.get(record.id)), _first(tuned.answers.get(record.id)),
+                     _first(list(record.reference.answers) or [record.reference.gold_letter or ""])])
     return rows
 
 
@@ -111,7 +110,7 @@ METRIC_HEADER = ["type", "metric", "base", "tuned", "change"]
 EXAMPLE_HEADER = ["type", "id", "prompt", "base answer", "tuned answer", "reference"]
 
 
-def write_report(base: Side, tuned: Side, references: list[dict], out_dir: Path, curves: Path | None) -> Path:
+def write_report(base: Side, tuned: Side, references: list[Record], out_dir: Path, curves: Path | None) -> Path:
     """Writes ``report.md`` and ``report.html`` into ``out_dir``; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics, examples = metric_rows(base, tuned), example_rows(base, tuned, references)
@@ -132,8 +131,8 @@ def write_report(base: Side, tuned: Side, references: list[dict], out_dir: Path,
     return markdown_path
 
 
-def build_report(base: str, tuned: str, references_path: str, out_dir: str, names=("base", "tuned")) -> Path:
-    references = load_references(references_path)
+def build_report(base: str, tuned: str, references: list[Record], out_dir: str, names=("base", "tuned")) -> Path:
+    """Base vs tuned on the labelled ``references`` (read with the data's format and renames)."""
     base_side = load_side(names[0], base, references)
     tuned_side = load_side(names[1], tuned, references)
     curves = None

@@ -1,46 +1,58 @@
-"""Scoring a predictions file against a references file: files in, ``metrics.json`` out.
+"""Scoring answers against ``Record``s: answers in, ``metrics.json`` out.
 
-Each reference's ``type`` picks how its prediction is read and scored (records without a
-``type`` are plain SQuAD-style ``qa``). All metrics are floats in [0, 1]:
+Records come from any data format (``datamodules/normalize.py``); each record's ``metric`` (by
+default from its type, ``--data.metric`` overrides) picks how its answer is read and scored. All
+metrics are floats in [0, 1]:
 
 - ``choice``: ``accuracy`` of the letter pulled out of the reply (``extract_choice_letter``).
-- ``math``: ``accuracy``, final answers equivalent under ``math_verify``.
-- ``generic-generate``: ROUGE-1/2/L F-measure (CJK characters as tokens) and ``exact_match``.
-- ``code-generate``: ``pass@k`` for each k (pass@1 always; a k above a problem's sample count is
-  left out), by running the samples against the tests; plus ``samples`` and ``passed`` totals.
-- ``qa``: SQuAD ``exact_match`` and ``f1``, best over the acceptable answers.
+- ``math``: ``accuracy``, final answers equivalent under ``math_verify`` (the file's final answer,
+  else the last ``\\boxed{}`` of its solution).
+- ``rouge`` (``generic-generate``: typed generic records, instruction, prompt/completion and
+  messages files): ROUGE-1/2/L F-measure (CJK characters as tokens) and ``exact_match``.
+- ``think``: the same on the text after ``</think>``, plus ``think_closed``, the share of replies
+  that closed their think block.
+- ``code``: ``pass@k`` for each k (pass@1 always; a k above a problem's sample count is left
+  out), by running the samples against the tests; plus ``samples`` and ``passed`` totals.
+- ``squad`` (``qa``): SQuAD ``exact_match`` and ``f1``, best over the acceptable answers.
 - ``overall``: ``score`` is the unweighted mean over the types present of each type's primary
-  metric (``PRIMARY_METRICS``), so a type with 10 records weighs as much as one with 1000.
+  metric (``PRIMARY_METRICS``, named per type under ``primary``), so a type with 10 records weighs
+  as much as one with 1000.
 
-A reference without a prediction is scored as an empty answer (wrong) and listed under
-``missing_predictions``; predictions whose id is in no reference are ignored.
+A record without a prediction is scored as an empty answer (wrong) and listed under
+``missing_predictions``; predictions whose id is in no record are ignored.
 """
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from core.errors import RecordError
 from core.files import write_text_atomically
+from core.record import QUESTION_TYPES, Record
 from core.tables import markdown_table
-from evaluation.answers import extract_choice_letter, extract_code_samples, extract_final_math_answer
+from evaluation.answers import extract_choice_letter, extract_code_samples, extract_final_math_answer, split_think
 from evaluation.metrics import (
     choice_accuracy,
     code_pass_at_k,
     exact_match,
     math_accuracy,
+    mean_of,
     rouge_scores,
     squad_scores,
 )
 
-QUESTION_TYPES = ("choice", "math", "generic-generate", "code-generate", "qa")
-PRIMARY_METRICS = {
+# The order types are listed in tables and metrics.json.
+TYPE_ORDER = ("choice", "math", "generic-generate", "code-generate", "qa", "think")
+assert set(TYPE_ORDER) == set(QUESTION_TYPES)
+PRIMARY_METRICS = {  # per metric: the number a type's row is ranked and averaged by
     "choice": "accuracy",
     "math": "accuracy",
-    "generic-generate": "rougeL",
-    "code-generate": "pass@1",
-    "qa": "f1",
+    "rouge": "rougeL",
+    "code": "pass@1",
+    "squad": "f1",
+    "think": "rougeL",
 }
 Content = str | list[str]
 
@@ -115,73 +127,31 @@ def load_predictions(path: str) -> dict[str, Content]:
     return predictions
 
 
-# 2. Reading references: typed records, or plain qa records (no "type").
+# 2. Which records can be scored: sft test checks this before any model work.
 
 
-def reference_type(reference: dict) -> str:
-    """The question type that decides scoring; a record without ``type`` is SQuAD-style ``qa``."""
-    return reference.get("type") or "qa"
+def _missing_reference(record: Record) -> str | None:
+    """What a record lacks to be scored by its metric, or None."""
+    reference = record.reference
+    if record.metric == "code":
+        return None if reference.code else "fields 'test' and 'entry_point' are needed: code is scored by running the test"
+    if record.metric == "choice":
+        return None if reference.gold_letter else "field 'answer' (the gold letter) is missing"
+    if record.metric == "math":
+        return None if reference.final_answer or reference.answers else "the reference answer is missing"
+    return None if reference.answers else "the reference answer is missing"
 
 
-def _is_text(value: Any) -> bool:
-    return isinstance(value, str) and value != ""
-
-
-def _reference_problem(reference: dict) -> str | None:
-    """What is wrong with one reference record, or None; the caller adds file and line."""
-    question_type = reference_type(reference)
-    if question_type not in QUESTION_TYPES:
-        return f"field 'type' is '{question_type}', expected one of {', '.join(QUESTION_TYPES)}"
-    if question_type == "code-generate":
-        missing = [field for field in ("prompt", "test", "entry_point") if not _is_text(reference.get(field))]
-        return f"field '{missing[0]}' is missing or empty: code is scored by running the test" if missing else None
-    if reference.get("answer") in (None, "", []) and not _has_final_answer(reference):
-        return "field 'answer' is missing: a references file needs the answers (an unlabeled file has none)"
-    if question_type == "choice":
-        choices = reference.get("choices")
-        if not isinstance(choices, dict) or not choices:
-            return "field 'choices' must be an object like {\"A\": \"...\", \"B\": \"...\"}"
-        if reference.get("answer") not in choices:
-            return f"field 'answer' is {reference.get('answer')!r}, not one of the option letters {sorted(choices)}"
-    elif question_type == "math":
-        if not _has_final_answer(reference) and not _is_text(reference.get("answer")):
-            return "field 'answer' must be a worked solution ending in \\boxed{...} (or give 'final_answer')"
-    elif question_type == "generic-generate" and not _is_text(reference.get("answer")):
-        return "field 'answer' must be a string"
-    elif question_type == "qa" and not _is_acceptable_answer(reference.get("answer")):
-        return "field 'answer' must be a string or a list of acceptable strings"
-    return None
-
-
-def _has_final_answer(reference: dict) -> bool:
-    final_answer = reference.get("final_answer")
-    if isinstance(final_answer, bool) or not isinstance(final_answer, (str, int, float)):
-        return False
-    return str(final_answer).strip() != ""
-
-
-def _is_acceptable_answer(answer: Any) -> bool:
-    return _is_text(answer) or (isinstance(answer, list) and bool(answer) and all(map(_is_text, answer)))
-
-
-def load_references(path: str) -> list[dict]:
-    """The records of a typed or qa JSON Lines file, checked so that scoring cannot fail halfway."""
-    source, references, first_seen = str(path), [], {}
-    for location, record in _jsonl_objects(Path(path)):
-        record_id = _record_id(record, source, location)
-        if record_id in first_seen:
-            raise RecordError(source, location, f"id '{record_id}' appears again (first at {first_seen[record_id]})")
-        problem = _reference_problem(record)
+def check_scorable(records: list[Record]) -> None:
+    """Every record has what its metric compares with; the first that does not is a located error."""
+    for record in records:
+        problem = _missing_reference(record)
         if problem:
-            raise RecordError(source, location, f"{problem} (id '{record_id}')")
-        first_seen[record_id] = location
-        references.append(record)
-    if not references:
-        raise RecordError(source, "whole file", "no records to score against")
-    return references
+            raise RecordError(record.source, record.location,
+                              f"{problem} (id '{record.id}', scored by '{record.metric}'): scoring needs a labelled file")
 
 
-# 3. Scoring, one function per type: (references, contents) -> metrics.
+# 3. Scoring, one function per metric: (records, contents) -> metrics.
 
 
 def _first_text(content: Content) -> str:
@@ -189,39 +159,42 @@ def _first_text(content: Content) -> str:
     return content if isinstance(content, str) else content[0]
 
 
-def _option_letters(reference: dict) -> set[str]:
-    """Letters with an option; records read through ``datasets`` carry every file's letters, unused ones None."""
-    return {letter for letter, option in reference["choices"].items() if option is not None}
+def _score_choice(records: list[Record], contents: list[Content]) -> dict:
+    letters = [extract_choice_letter(_first_text(c), set(r.reference.choices)) for r, c in zip(records, contents)]
+    return {"accuracy": choice_accuracy(letters, [r.reference.gold_letter for r in records])}
 
 
-def _score_choice(references: list[dict], contents: list[Content]) -> dict:
-    letters = [extract_choice_letter(_first_text(c), _option_letters(r)) for r, c in zip(references, contents)]
-    return {"accuracy": choice_accuracy(letters, [r["answer"] for r in references])}
+def _math_reference_answer(record: Record) -> str:
+    """The file's final answer as written (it is the answer, not text to search), else the solution's box."""
+    if record.reference.final_answer is not None:
+        return record.reference.final_answer
+    return extract_final_math_answer(record.reference.answers[0])
 
 
-def _math_reference_answer(reference: dict) -> str:
-    """``final_answer`` as written (it is the answer, not text to search), else the solution's box."""
-    if _has_final_answer(reference):
-        return str(reference["final_answer"])
-    return extract_final_math_answer(reference["answer"])
-
-
-def _score_math(references: list[dict], contents: list[Content]) -> dict:
+def _score_math(records: list[Record], contents: list[Content]) -> dict:
     predicted = [extract_final_math_answer(_first_text(content)) for content in contents]
-    return {"accuracy": math_accuracy(predicted, [_math_reference_answer(r) for r in references])}
+    return {"accuracy": math_accuracy(predicted, [_math_reference_answer(r) for r in records])}
 
 
-def _score_generic(references: list[dict], contents: list[Content]) -> dict:
-    predictions, answers = [_first_text(c) for c in contents], [r["answer"] for r in references]
+def _score_rouge(records: list[Record], contents: list[Content]) -> dict:
+    predictions, answers = [_first_text(c) for c in contents], [r.reference.answers[0] for r in records]
     return {**rouge_scores(predictions, answers), "exact_match": exact_match(predictions, answers)}
 
 
-def _score_qa(references: list[dict], contents: list[Content]) -> dict:
-    acceptable = [[r["answer"]] if isinstance(r["answer"], str) else list(r["answer"]) for r in references]
-    return squad_scores([_first_text(content) for content in contents], acceptable)
+def _score_think(records: list[Record], contents: list[Content]) -> dict:
+    """ROUGE and exact match of the text after ``</think>``, and how many replies closed their think block."""
+    replies = [split_think(_first_text(content)) for content in contents]
+    answers = [r.reference.answers[0] for r in records]
+    final_texts = [final for final, _ in replies]
+    return {**rouge_scores(final_texts, answers), "exact_match": exact_match(final_texts, answers),
+            "think_closed": mean_of([float(closed) for _, closed in replies])}
 
 
-def _score_code(references: list[dict], contents: list[Content | None], ks: Sequence[int]) -> dict:
+def _score_squad(records: list[Record], contents: list[Content]) -> dict:
+    return squad_scores([_first_text(content) for content in contents], [list(r.reference.answers) for r in records])
+
+
+def _score_code(records: list[Record], contents: list[Content | None], ks: Sequence[int]) -> dict:
     """pass@k over all problems; one without samples adds 0 and is not run.
 
     The evaluator averages over the problems it ran, so its pass@k is scaled by ran / all: the
@@ -229,54 +202,57 @@ def _score_code(references: list[dict], contents: list[Content | None], ks: Sequ
     is the primary metric); the evaluator leaves out a k larger than the fewest samples a problem has.
     """
     ks = tuple(sorted(set(ks) | {1}))
-    answered = [(r, c) for r, c in zip(references, contents) if c is not None]
+    answered = [(r, c) for r, c in zip(records, contents) if c is not None]
     if not answered:
         return {f"pass@{k}": 0.0 for k in ks}
-    problems = [{key: r[key] for key in ("prompt", "test", "entry_point")} for r, _ in answered]
+    problems = [asdict(r.reference.code) for r, _ in answered]
     results = code_pass_at_k(problems, [extract_code_samples(c) for _, c in answered], ks)
-    answered_share = len(answered) / len(references)
+    answered_share = len(answered) / len(records)
     # The evaluator's totals ("samples", "passed") come as floats; they are counts.
     return {key: value * answered_share if key.startswith("pass@") else int(value) for key, value in results.items()}
 
 
-SCORERS: dict[str, Callable[[list[dict], list[Content]], dict]] = {
+SCORERS: dict[str, Callable[[list[Record], list[Content]], dict]] = {
     "choice": _score_choice,
     "math": _score_math,
-    "generic-generate": _score_generic,
-    "qa": _score_qa,
+    "rouge": _score_rouge,
+    "squad": _score_squad,
+    "think": _score_think,
 }
 
 
-def _overall(metrics: dict) -> dict:
-    types = [question_type for question_type in QUESTION_TYPES if question_type in metrics]
-    primary_scores = [metrics[question_type][PRIMARY_METRICS[question_type]] for question_type in types]
-    return {"score": round(sum(primary_scores) / len(primary_scores), 6), "types": types}
+def _overall(metrics: dict, primary: dict[str, str]) -> dict:
+    types = [question_type for question_type in TYPE_ORDER if question_type in metrics]
+    primary_scores = [metrics[question_type][primary[question_type]] for question_type in types]
+    return {"score": round(sum(primary_scores) / len(primary_scores), 6), "types": types,
+            "primary": {question_type: primary[question_type] for question_type in types}}
 
 
-def score_answers(predictions: dict[str, Content], references: list[dict], code_ks=(1, 3)) -> dict:
+def _score_group(records: list[Record], predictions: dict[str, Content], code_ks) -> dict:
+    contents = [predictions.get(record.id) for record in records]
+    metric = records[0].metric
+    if metric == "code":
+        return _score_code(records, contents, code_ks)
+    return SCORERS[metric](records, ["" if content is None else content for content in contents])
+
+
+def score_records(predictions: dict[str, Content], records: list[Record], code_ks=(1, 3)) -> dict:
     """Metrics per question type present, ``overall`` and ``missing_predictions`` (see module docstring)."""
-    if not references:
-        raise ValueError("no references to score against")
-    by_type: dict[str, list[dict]] = {}
-    for reference in references:
-        question_type = reference_type(reference)
-        if question_type not in QUESTION_TYPES:
-            known = ", ".join(QUESTION_TYPES)
-            raise ValueError(f"reference '{reference.get('id')}': type '{question_type}' is not one of {known}")
-        by_type.setdefault(question_type, []).append(reference)
+    if not records:
+        raise ValueError("no records to score against")
+    check_scorable(records)
+    by_type: dict[str, list[Record]] = {}
+    for record in records:
+        by_type.setdefault(record.type, []).append(record)
     metrics: dict[str, Any] = {}
-    for question_type in QUESTION_TYPES:
-        typed_references = by_type.get(question_type)
-        if not typed_references:
-            continue
-        contents = [predictions.get(str(r["id"])) for r in typed_references]
-        if question_type == "code-generate":
-            scores = _score_code(typed_references, contents, code_ks)
-        else:
-            scores = SCORERS[question_type](typed_references, ["" if c is None else c for c in contents])
-        metrics[question_type] = {**scores, "count": len(typed_references)}
-    metrics["overall"] = _overall(metrics)
-    metrics["missing_predictions"] = [str(r["id"]) for r in references if str(r["id"]) not in predictions]
+    primary: dict[str, str] = {}
+    for question_type in TYPE_ORDER:
+        typed_records = by_type.get(question_type)
+        if typed_records:
+            metrics[question_type] = {**_score_group(typed_records, predictions, code_ks), "count": len(typed_records)}
+            primary[question_type] = PRIMARY_METRICS[typed_records[0].metric]
+    metrics["overall"] = _overall(metrics, primary)
+    metrics["missing_predictions"] = [record.id for record in records if record.id not in predictions]
     return metrics
 
 
@@ -288,9 +264,9 @@ def write_metrics(metrics: dict, path: Path) -> Path:
     return write_text_atomically(path, json.dumps(metrics, ensure_ascii=False, indent=2) + "\n")
 
 
-def score_files(predictions_path: str, references_path: str, output_path: str | None = None) -> tuple[dict, Path]:
-    """Score the files and write the metrics (default: ``metrics.json`` beside the predictions)."""
-    metrics = score_answers(load_predictions(predictions_path), load_references(references_path))
+def score_files(predictions_path: str, records: list[Record], output_path: str | None = None) -> tuple[dict, Path]:
+    """Score an answers file against records and write the metrics (default: ``metrics.json`` beside it)."""
+    metrics = score_records(load_predictions(predictions_path), records)
     metrics_path = Path(output_path) if output_path else Path(predictions_path).parent / "metrics.json"
     return metrics, write_metrics(metrics, metrics_path)
 
@@ -307,8 +283,9 @@ def _metric_cells(scores: dict, primary: str) -> str:
 def format_metrics_table(metrics: dict) -> str:
     """A Markdown table: one row per type (primary metric first), then the overall row."""
     types = metrics["overall"]["types"]
+    primary = metrics["overall"]["primary"]
     rows = [[question_type, str(metrics[question_type]["count"]),
-             _metric_cells(metrics[question_type], PRIMARY_METRICS[question_type])] for question_type in types]
+             _metric_cells(metrics[question_type], primary[question_type])] for question_type in types]
     total = sum(metrics[question_type]["count"] for question_type in types)
     rows.append(["overall", str(total), f"score {metrics['overall']['score']:.3f} (mean of primary metrics)"])
     table = markdown_table(["type", "count", "metrics"], rows)

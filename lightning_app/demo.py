@@ -6,30 +6,41 @@ run directories are read back from each step, so nothing depends on version numb
 
 import argparse
 import gc
+from dataclasses import dataclass
 from pathlib import Path
 
 from lightning_app.cli import SFTCLI
 from evaluation.report import build_report
 
 
-def _run(args: list[str]) -> tuple[Path, str]:
-    """Run one subcommand; return its run directory and last checkpoint, and free its model."""
+@dataclass
+class StepResult:
+    run_dir: Path
+    checkpoint: str
+    test_records: list | None  # the test split's records, as the data module read them (test steps)
+
+
+def _run(args: list[str]) -> StepResult:
+    """Run one subcommand; return its run directory, last checkpoint and test records, and free its model."""
     print(f"\n=== sft {' '.join(args)}", flush=True)
     cli = SFTCLI(args=args)
-    run_dir, checkpoint = Path(cli.trainer.log_dir), cli.trainer.checkpoint_callback.last_model_path
-    del cli
+    datamodule = cli.datamodule
+    result = StepResult(Path(cli.trainer.log_dir), cli.trainer.checkpoint_callback.last_model_path,
+                        datamodule.records("test") if args[0] == "test" else None)
+    del cli, datamodule
     gc.collect()  # each step loads the model anew: do not keep the previous one (and its optimizer) alive
-    return run_dir, checkpoint
+    return result
 
 
 def run_demo(config: str, references: str, extra: list[str]) -> dict[str, Path]:
     """Returns where the checkpoint, the runs, the answers and the report are."""
-    fit_dir, checkpoint = _run(["fit", "--config", config, *extra])
-    tuned_dir, _ = _run(["test", "--config", config, "--ckpt_path", checkpoint, "--data.test_path", references,
-                         *extra])
-    base_dir, _ = _run(["test", "--config", config, "--data.test_path", references, *extra])
-    predict_dir, _ = _run(["predict", "--config", config, "--ckpt_path", checkpoint, *extra])
-    report = build_report(str(base_dir), str(tuned_dir), references, str(fit_dir / "report"))
+    fit = _run(["fit", "--config", config, *extra])
+    checkpoint, fit_dir = fit.checkpoint, fit.run_dir
+    tuned = _run(["test", "--config", config, "--ckpt_path", checkpoint, "--data.test_path", references, *extra])
+    base = _run(["test", "--config", config, "--data.test_path", references, *extra])
+    predict_dir = _run(["predict", "--config", config, "--ckpt_path", checkpoint, *extra]).run_dir
+    tuned_dir, base_dir = tuned.run_dir, base.run_dir
+    report = build_report(str(base_dir), str(tuned_dir), tuned.test_records, str(fit_dir / "report"))
     return {
         "checkpoint": Path(checkpoint),
         "merged model": fit_dir / "merged",

@@ -28,15 +28,16 @@ def fetch_model_command(argv: list[str]) -> None:
 
 
 def score_command(argv: list[str]) -> None:
-    """sft score --predictions ANSWERS --references LABELLED [--out metrics.json]: no model needed."""
+    """sft score --predictions ANSWERS --references LABELLED [--data.format F] [--out metrics.json]: no model needed."""
     from evaluation.scoring import format_metrics_table, score_files
+    from lightning_app.references import add_data_arguments, reference_records
 
     parser = argparse.ArgumentParser(prog="sft score", description=score_command.__doc__)
     parser.add_argument("--predictions", required=True, help="predictions.json (seed format) or .jsonl")
-    parser.add_argument("--references", required=True, help="the labelled file (typed or question/answer)")
+    add_data_arguments(parser)
     parser.add_argument("--out", help="where to write metrics.json (default: beside the predictions)")
     args = parser.parse_args(argv)
-    metrics, metrics_path = score_files(args.predictions, args.references, args.out)
+    metrics, metrics_path = score_files(args.predictions, reference_records(args), args.out)
     print(format_metrics_table(metrics))
     print(f"metrics written: {metrics_path}")
 
@@ -44,15 +45,16 @@ def score_command(argv: list[str]) -> None:
 def report_command(argv: list[str]) -> None:
     """sft report --base RUN_OR_ANSWERS --tuned RUN_OR_ANSWERS --references LABELLED --out DIR."""
     from evaluation.report import build_report
+    from lightning_app.references import add_data_arguments, reference_records
 
     parser = argparse.ArgumentParser(prog="sft report", description=report_command.__doc__)
     parser.add_argument("--base", required=True, help="an `sft test` run directory or an answers file")
     parser.add_argument("--tuned", required=True, help="an `sft test` run directory or an answers file")
-    parser.add_argument("--references", required=True, help="the labelled test file")
+    add_data_arguments(parser)
     parser.add_argument("--out", default="reports/latest", help="folder for report.md, report.html, loss_curves.png")
     parser.add_argument("--names", nargs=2, default=["base", "tuned"], metavar=("BASE", "TUNED"))
     args = parser.parse_args(argv)
-    report_path = build_report(args.base, args.tuned, args.references, args.out, tuple(args.names))
+    report_path = build_report(args.base, args.tuned, reference_records(args), args.out, tuple(args.names))
     print(report_path.read_text(encoding="utf-8"))
     print(f"report written: {report_path} (and report.html beside it)")
 

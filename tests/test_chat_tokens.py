@@ -9,7 +9,7 @@ from datamodules.chat_tokens import (
     render_ids,
     tokenize_conversation,
 )
-from datamodules.choice_fields import answer_position
+from datamodules.chat_tokens import answer_position
 from datamodules.collate import training_collator
 from datamodules.formats import to_messages
 from tests.tiny import IM_END, IM_START, byte_ids

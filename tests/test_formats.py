@@ -5,7 +5,8 @@ import json
 import pytest
 
 from datamodules.formats import MATH_INSTRUCTION, split_prompt, to_messages
-from datamodules.preprocess import ConversationSpec, build_prompt_examples, build_training_examples
+from datamodules.normalize import ConversationSpec, read_records
+from datamodules.preprocess import build_prompt_examples, build_training_examples
 from core.errors import RecordError
 from datamodules.records import load_records
 
@@ -67,6 +68,12 @@ def write_jsonl(path, lines):
     return str(path)
 
 
+def training_examples(path, tokenizer, record_format="qa", max_length=None):
+    """Read, normalise and tokenize a file the way the data module does."""
+    return build_training_examples(read_records(path, ConversationSpec(record_format)), tokenizer, "all_assistant",
+                                   max_length, path)
+
+
 def test_broken_json_line_is_named(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", ['{"question": "q", "answer": "a"}', '{"question": "q2", "answer": '])
     with pytest.raises(RecordError) as caught:
@@ -79,13 +86,13 @@ def test_missing_field_names_file_line_and_field(tmp_path, tokenizer):
              json.dumps({"answer": "a3"})]
     path = write_jsonl(tmp_path / "qa.jsonl", lines)
     with pytest.raises(RecordError, match=r"qa\.jsonl, line 4: missing or invalid field 'question'"):
-        build_training_examples(load_records(path), tokenizer, ConversationSpec("qa"), None, path)
+        training_examples(path, tokenizer)
 
 
 def test_record_without_answer_cannot_train(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "qa.jsonl", [json.dumps({"question": "q"})])
     with pytest.raises(RecordError, match="line 1: no answer to train on"):
-        build_training_examples(load_records(path), tokenizer, ConversationSpec("qa"), None, path)
+        training_examples(path, tokenizer)
 
 
 def test_truncation_is_counted_and_empty_examples_are_dropped(tmp_path, tokenizer):
@@ -96,7 +103,7 @@ def test_truncation_is_counted_and_empty_examples_are_dropped(tmp_path, tokenize
         json.dumps({"question": "q" * 30, "answer": "a"}),  # the answer starts after token 24: dropped
     ]
     path = write_jsonl(tmp_path / "qa.jsonl", lines)
-    examples, stats = build_training_examples(load_records(path), tokenizer, ConversationSpec("qa"), 24, path)
+    examples, stats = training_examples(path, tokenizer, max_length=24)
     assert (stats.records, stats.kept, stats.truncated, stats.dropped_no_trained_tokens) == (3, 2, 2, 1)
     assert [len(ids) for ids in examples["input_ids"]] == [24, 24]
     assert examples[1]["labels"][20:] == list(b"abcd")
@@ -107,7 +114,7 @@ def test_prompt_examples_keep_ids_types_and_order(tmp_path, tokenizer):
     lines = [json.dumps({"id": "x9", "type": "math", "prompt": "1+1?"}),
              json.dumps({"id": "x1", "type": "generic-generate", "prompt": "hi", "answer": "hello"})]
     path = write_jsonl(tmp_path / "test.jsonl", lines)
-    prompts = build_prompt_examples(load_records(path), tokenizer, ConversationSpec("typed"), path)
+    prompts = build_prompt_examples(read_records(path, ConversationSpec("typed")), tokenizer, path)
     assert prompts["id"] == ["x9", "x1"] and prompts["record_type"] == ["math", "generic-generate"]
     expected = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"]
@@ -123,11 +130,10 @@ def test_csv_and_parquet_load_and_csv_errors_name_the_line(tmp_path, tokenizer):
     parquet_path = str(tmp_path / "qa.parquet")
     hf_datasets.Dataset.from_list(records[:1]).to_parquet(parquet_path)
 
-    examples, _ = build_training_examples(load_records(parquet_path), tokenizer, ConversationSpec("qa"), None,
-                                          parquet_path)
+    examples, _ = training_examples(parquet_path, tokenizer)
     assert len(examples) == 1
     with pytest.raises(RecordError, match=r"qa\.csv, line 3: missing or invalid field 'question'"):
-        build_training_examples(load_records(str(csv_path)), tokenizer, ConversationSpec("qa"), None, str(csv_path))
+        training_examples(str(csv_path), tokenizer)
 
 
 def test_a_name_that_is_not_a_file_goes_to_the_hub_loader(monkeypatch):

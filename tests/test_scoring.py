@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from callbacks.prediction_writer import write_answers
+from datamodules.normalize import ConversationSpec, normalize_records, read_records
 from evaluation.scoring import (
     format_metrics_table,
     load_predictions,
-    load_references,
-    score_answers,
     score_files,
+    score_records,
 )
 
 BUNDLED_TEST = Path(__file__).resolve().parents[1] / "data" / "bundled" / "test.jsonl"
@@ -29,6 +29,15 @@ CODE = {
     "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n",
     "entry_point": "add",
 }
+
+
+def records_of(rows: list[dict], record_format: str = "typed") -> list:
+    """Rows as the data module reads them (typed unless said otherwise)."""
+    return normalize_records(rows, ConversationSpec(record_format), "refs")
+
+
+def score_answers(predictions: dict, rows: list[dict], record_format: str = "typed", **kwargs) -> dict:
+    return score_records(predictions, records_of(rows, record_format), **kwargs)
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -114,36 +123,48 @@ def test_broken_seed_json_names_the_line(tmp_path):
         load_predictions(str(path))
 
 
-# Loading references
+# Records to score against
 
 
 def test_bundled_test_file_loads():
-    references = load_references(str(BUNDLED_TEST))
+    references = read_records(str(BUNDLED_TEST), ConversationSpec("typed"))
     assert len(references) == 40
-    assert {record["type"] for record in references} == {"choice", "code-generate", "generic-generate", "math"}
+    assert {record.type for record in references} == {"choice", "code-generate", "generic-generate", "math"}
+    assert all(record.labelled for record in references)
 
 
 @pytest.mark.parametrize(
     "bad_record, field",
     [
-        ({**CHOICE, "id": "c2", "answer": "E"}, "'answer' is 'E', not one of the option letters"),
-        ({key: value for key, value in GENERIC.items() if key != "answer"}, "'answer' is missing"),
-        ({**CODE, "test": ""}, "'test'"),
-        ({**GENERIC, "type": "essay"}, "'type'"),
-        ({"id": "q1", "question": "Capital of France?", "answer": [1]}, "'answer'"),
+        ({**CHOICE, "id": "c2", "answer": "E"}, "field 'answer': the gold letter must be one of ['A', 'B'], got 'E'"),
+        ({**GENERIC, "type": "essay"}, "field 'type'"),
     ],
 )
 def test_reference_errors_name_file_line_and_field(tmp_path, bad_record, field):
     path = write_jsonl(tmp_path / "refs.jsonl", [CHOICE, bad_record])
     with pytest.raises(ValueError) as error:
-        load_references(str(path))
-    assert f"{path}, line 2: field {field}" in str(error.value)
+        read_records(str(path), ConversationSpec("typed"))
+    assert f"{path}, line 2: missing or invalid {field}" in str(error.value)
+
+
+def test_qa_answers_must_be_text(tmp_path):
+    path = write_jsonl(tmp_path / "refs.jsonl", [{"question": "Capital of France?", "answer": [1]}])
+    with pytest.raises(ValueError, match=r"refs.jsonl, line 1: missing or invalid field 'answer'"):
+        read_records(str(path), ConversationSpec("qa"))
+
+
+def test_an_unlabelled_record_cannot_be_scored():
+    unlabelled = {key: value for key, value in GENERIC.items() if key != "answer"}
+    with pytest.raises(ValueError, match=r"refs, record 2: the reference answer is missing \(id 'g1'"):
+        score_answers({}, [CHOICE, unlabelled])
+    with pytest.raises(ValueError, match=r"refs, record 1: fields 'test' and 'entry_point' are needed"):
+        score_answers({}, [{**CODE, "test": ""}])
 
 
 def test_duplicate_reference_ids_are_refused(tmp_path):
     path = write_jsonl(tmp_path / "refs.jsonl", [CHOICE, CHOICE])
     with pytest.raises(ValueError, match=r"line 2: id 'c1' appears again \(first at line 1\)"):
-        load_references(str(path))
+        read_records(str(path), ConversationSpec("typed"))
 
 
 # Scoring
@@ -154,15 +175,15 @@ def test_missing_predictions_are_wrong_and_listed():
     metrics = score_answers({"c0": "B", "c1": "The answer is B", "c2": "A"}, choices)
     assert metrics["choice"] == {"accuracy": 0.5, "count": 4}
     assert metrics["missing_predictions"] == ["c3"]
-    assert metrics["overall"] == {"score": 0.5, "types": ["choice"]}
+    assert metrics["overall"] == {"score": 0.5, "types": ["choice"], "primary": {"choice": "accuracy"}}
 
 
-def test_qa_records_without_type_use_squad():
+def test_qa_records_use_squad_with_every_acceptable_answer():
     references = [
         {"id": "q1", "question": "What is in Paris?", "answer": ["Eiffel Tower", "the tower"]},
         {"id": "q2", "question": "Capital of France?", "answer": "paris"},
     ]
-    metrics = score_answers({"q1": "Eiffel Tower in Paris", "q2": "Paris."}, references)
+    metrics = score_answers({"q1": "Eiffel Tower in Paris", "q2": "Paris."}, references, "qa")
     assert metrics["qa"] == pytest.approx({"exact_match": 0.5, "f1": (2 / 3 + 1) / 2, "count": 2}, abs=1e-6)
     assert metrics["overall"]["score"] == pytest.approx((2 / 3 + 1) / 2, abs=1e-6)
 
@@ -202,8 +223,10 @@ def test_real_code_execution_if_available():
 
 def test_real_code_execution_passes_the_bundled_gold_answers():
     pytest.importorskip("evaluation.code_execution")
-    references = [record for record in load_references(str(BUNDLED_TEST)) if record["type"] == "code-generate"]
-    metrics = score_answers({record["id"]: record["answer"] for record in references}, references, code_ks=(1,))
+    references = [record for record in read_records(str(BUNDLED_TEST), ConversationSpec("typed"))
+                  if record.type == "code-generate"]
+    metrics = score_records({record.id: record.reference.answers[0] for record in references}, references,
+                            code_ks=(1,))
     assert metrics["code-generate"]["pass@1"] == 1.0 and metrics["code-generate"]["count"] == 10
 
 
@@ -223,7 +246,7 @@ def test_score_files_end_to_end(tmp_path, fake_evaluator):
         ],
         run_dir,
     )
-    metrics, metrics_path = score_files(str(predictions), str(references))
+    metrics, metrics_path = score_files(str(predictions), read_records(str(references), ConversationSpec("typed")))
     # "the mice" vs "mice": ROUGE-1 and -L precision 1/2, recall 1 → 2/3; no shared bigram; not an exact match.
     assert metrics["generic-generate"] == pytest.approx(
         {"rouge1": 2 / 3, "rouge2": 0.0, "rougeL": 2 / 3, "exact_match": 0.0, "count": 1}, abs=1e-6
@@ -242,7 +265,8 @@ def test_score_files_end_to_end(tmp_path, fake_evaluator):
 def test_score_files_output_path(tmp_path):
     references = write_jsonl(tmp_path / "refs.jsonl", [CHOICE])
     predictions = write_jsonl(tmp_path / "p.jsonl", [{"id": "c1", "content": "A"}])
-    metrics, metrics_path = score_files(str(predictions), str(references), str(tmp_path / "out" / "m.json"))
+    metrics, metrics_path = score_files(str(predictions), read_records(str(references), ConversationSpec("typed")),
+                                        str(tmp_path / "out" / "m.json"))
     assert metrics_path == tmp_path / "out" / "m.json"
     assert json.loads(metrics_path.read_text())["choice"] == {"accuracy": 0.0, "count": 1}
 

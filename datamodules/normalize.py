@@ -1,0 +1,88 @@
+"""Raw rows of any format → ``Record``s: made once, validated, and the only thing later code reads.
+
+A file's rows go in (as HF ``datasets`` loaded them); ``Record``s come out with their id (the
+file's own, else the row's position), question type, conversation, prompt, reference and location.
+Every problem is a ``RecordError`` naming the file, the line (or record) and the field, raised
+while the data is read, before any model work: a missing field, a bad option letter, an id that
+appears twice.
+
+>>> spec = ConversationSpec("qa")
+>>> [record.id for record in normalize_records([{"question": "2+2?", "answer": "4"}], spec, "qa.json")]
+['0']
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import MissingFieldError, RecordError
+from core.record import DEFAULT_METRIC, Record
+from datamodules.formats import FORMAT_QUESTION_TYPES, FieldReader, split_prompt, to_messages
+from datamodules.records import RowLocator, load_records
+from datamodules.references import reference_of
+
+ID_FIELDS = ("id", "unique_id")  # Math500 calls its id unique_id
+
+
+@dataclass(frozen=True)
+class ConversationSpec:
+    """How the rows of one dataset become records: format, field renames, system prompt, metric."""
+
+    record_format: str = "typed"
+    renames: Mapping[str, str] = field(default_factory=dict)
+    system_prompt: str | None = None
+    train_on: str = "all_assistant"
+    metric: str | None = None
+    """Overrides the metric each record's type implies (``core.record.DEFAULT_METRIC``)."""
+
+
+def _record_id(fields: FieldReader, row_index: int) -> str:
+    for name in ID_FIELDS:
+        value = fields.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+            raise MissingFieldError(fields.key(name), "an id must be a non-empty string or an integer")
+        return str(value)
+    return str(row_index)
+
+
+def _question_type(fields: FieldReader, record_format: str) -> str:
+    return fields.text("type") if record_format == "typed" else FORMAT_QUESTION_TYPES[record_format]
+
+
+def normalize_row(row: Mapping[str, Any], row_index: int, spec: ConversationSpec, locator: RowLocator) -> Record:
+    location = locator.describe(row_index)
+    fields = FieldReader(row, spec.renames)
+    try:
+        messages = to_messages(row, spec.record_format, spec.renames, spec.system_prompt)
+        question_type = _question_type(fields, spec.record_format)
+        reference = reference_of(fields, spec.record_format, messages)
+        record_id = _record_id(fields, row_index)
+    except MissingFieldError as error:
+        raise RecordError(locator.source, location, str(error)) from None
+    return Record(id=record_id, type=question_type, metric=spec.metric or DEFAULT_METRIC[question_type],
+                  messages=messages, prompt_messages=split_prompt(messages), reference=reference,
+                  source=locator.source, location=location)
+
+
+def normalize_records(rows: Iterable[Mapping[str, Any]], spec: ConversationSpec, source: str) -> list[Record]:
+    """Every row as a ``Record``; an id seen twice is an error naming both places."""
+    locator = RowLocator(source)
+    records: list[Record] = []
+    first_seen: dict[str, str] = {}
+    for row_index, row in enumerate(rows):
+        record = normalize_row(row, row_index, spec, locator)
+        if record.id in first_seen:
+            raise RecordError(source, record.location,
+                              f"id '{record.id}' appears again (first at {first_seen[record.id]}); ids must be unique")
+        first_seen[record.id] = record.location
+        records.append(record)
+    if not records:
+        raise RecordError(source, "whole file", "no records in this file")
+    return records
+
+
+def read_records(path_or_name: str, spec: ConversationSpec) -> list[Record]:
+    """Load a file (or hub dataset) and normalise its rows."""
+    return normalize_records(load_records(path_or_name), spec, path_or_name)

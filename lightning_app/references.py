@@ -1,0 +1,44 @@
+"""Labelled records for ``sft score`` and ``sft report``, read exactly as training reads them.
+
+The format, field renames, system prompt and metric come from a config's ``data`` section
+(``--config``) and/or ``--data.format`` / ``--data.fields`` / ``--data.metric`` flags, so an
+answers file made elsewhere is scored with the same records ``sft test`` would use.
+"""
+
+import argparse
+import json
+
+import yaml
+
+from core.record import METRICS, Record
+from datamodules.formats import FORMATS
+from datamodules.normalize import ConversationSpec, read_records
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--references", required=True, help="the labelled file (any data format)")
+    parser.add_argument("--config", help="a config whose data section gives format, fields, system_prompt, metric")
+    parser.add_argument("--data.format", dest="format", choices=FORMATS, help="record format (default: typed)")
+    parser.add_argument("--data.fields", dest="fields", help='field renames as JSON, e.g. \'{"question": "Q"}\'')
+    parser.add_argument("--data.metric", dest="metric", choices=METRICS, help="override the metric of every record")
+    parser.add_argument("--data.system_prompt", dest="system_prompt", help="system message put first")
+
+
+def _config_data(config_path: str | None) -> dict:
+    if not config_path:
+        return {}
+    with open(config_path, encoding="utf-8") as config_file:
+        return (yaml.safe_load(config_file) or {}).get("data") or {}
+
+
+def spec_from_arguments(args: argparse.Namespace) -> ConversationSpec:
+    """Flags win over the config's data section, which wins over the defaults."""
+    data = _config_data(args.config)
+    fields = json.loads(args.fields) if args.fields else data.get("fields") or {}
+    return ConversationSpec(record_format=args.format or data.get("format") or "typed", renames=fields,
+                            system_prompt=args.system_prompt or data.get("system_prompt"),
+                            metric=args.metric or data.get("metric"))
+
+
+def reference_records(args: argparse.Namespace) -> list[Record]:
+    return read_records(args.references, spec_from_arguments(args))
