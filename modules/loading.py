@@ -4,6 +4,7 @@ The tokenizer is loaded by ``core/tokenizer.py`` from the same resolved name, so
 """
 
 import tempfile
+from typing import Literal
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -12,6 +13,7 @@ from core.embedded import resolve_model_path
 from core.tokenizer import explain_load_error
 from modules.quantization import bitsandbytes_config
 
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 

@@ -1,8 +1,11 @@
 """Optimizer parameter groups and learning-rate schedules."""
 
+from typing import Literal, get_args
+
 from transformers import get_scheduler
 
-SCHEDULES = ("cosine", "linear", "constant")
+Schedule = Literal["cosine", "linear", "constant"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 def parameter_groups(named_parameters, head_lr: float | None = None) -> list[dict]:

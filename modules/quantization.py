@@ -7,12 +7,14 @@ GPU the run stops before anything is downloaded or loaded, with the setting to d
 same goes for the bitsandbytes optimizers (``bitsandbytes.optim.AdamW8bit``, ``PagedAdamW``, ...).
 """
 
+from typing import Literal, get_args
 
 import torch
 from peft import prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig
 
-QUANTIZATION_MODES = ("4bit", "8bit")
+Quantization = Literal["4bit", "8bit"]
+QUANTIZATION_MODES: tuple[str, ...] = get_args(Quantization)
 
 
 class NeedsCUDAError(RuntimeError):
