@@ -120,6 +120,10 @@ def from_messages(fields: FieldReader) -> list[Message]:
                                     f"message {position} has role {message['role']!r}, expected one of {', '.join(ROLES)}")
         if not isinstance(message["content"], str):
             raise MissingFieldError(fields.key("messages"), f"message {position}'s content must be a string")
+    first_turn = next((m["role"] for m in messages if m["role"] != "system"), None)
+    if first_turn == "assistant":
+        raise MissingFieldError(fields.key("messages"), "the conversation starts with an assistant turn: "
+                                "a user message must come first (a system message may precede it)")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 

@@ -1,48 +1,58 @@
 """Loading record files through HF ``datasets``, with errors that name the file, line and field.
 
-``datasets`` reports a broken JSON line as a pyarrow parse error without a line number; when a
-local JSON Lines file fails to load, it is scanned once more here to point at the exact line.
+``datasets`` reports a broken line as a pyarrow parse error without a line number; the checks in
+``file_checks.py`` run before loading (UTF-8, not empty) and after a failure (the first bad line).
 """
 
-import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
 
 from core.errors import RecordError
+from datamodules.file_checks import check_text_file, locate_load_error
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-
-
-def _first_bad_json_line(path: Path) -> RecordError | None:
-    with path.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                return RecordError(str(path), f"line {line_number}", f"invalid JSON ({error.msg})")
-            if not isinstance(record, dict):
-                return RecordError(str(path), f"line {line_number}", "expected a JSON object")
-    return None
+# File suffixes people give by mistake; a hub dataset name never ends in one.
+NOT_DATASET_NAMES = (".txt", ".tsv", ".xlsx", ".xls", ".yaml", ".yml", ".md", ".gz", ".zip")
 
 
 def load_records(path_or_name: str, split: str = "train") -> datasets.Dataset:
-    """A local jsonl/json/parquet/csv file, or a hub dataset name for those who have a hub."""
+    """A local jsonl/json/parquet/csv file, or a hub dataset name for those who have a hub.
+
+    A name with a file suffix is a file: ``my_data.txt`` is refused as a format, not sent to the hub.
+    """
     path = Path(path_or_name)
-    builder = LOCAL_BUILDERS.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    builder = LOCAL_BUILDERS.get(suffix)
     if builder is None:
+        if path.is_file() or suffix in NOT_DATASET_NAMES:
+            raise RecordError(str(path), "whole file", f"'{suffix or 'suffix-less'}' files are not read: use "
+                              f"{', '.join(LOCAL_BUILDERS)} (or a hub dataset name)")
         return datasets.load_dataset(path_or_name, split=split)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
+    check_text_file(path)
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        with _quiet_datasets():
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as error:  # datasets wraps parser errors in several types
-        located = _first_bad_json_line(path) if builder == "json" and path.suffix == ".jsonl" else None
-        raise (located or RecordError(str(path), "loading", str(error))) from error
+        raise (locate_load_error(path) or RecordError(str(path), "loading", str(error))) from error
+
+
+@contextmanager
+def _quiet_datasets():
+    """No progress bar for reading a local file, and no logged parser traceback: a failure becomes
+    one located ``RecordError`` instead."""
+    verbosity, bars_were_on = datasets.logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 10)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars_were_on:
+            datasets.enable_progress_bars()
 
 
 class RowLocator:

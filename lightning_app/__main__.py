@@ -1,3 +1,3 @@
-from lightning_app.main import main
+from lightning_app.main import console_main
 
-main()
+console_main()

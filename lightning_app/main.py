@@ -1,8 +1,11 @@
 """Entry point of the ``sft`` command: LightningCLI subcommands plus a few small extras."""
 
+import os
 import sys
 
 from lightning_app.extras import EXTRA_COMMANDS, print_overview
+
+DEBUG_FLAG, DEBUG_VARIABLE = "--debug", "SFT_DEBUG"
 
 
 def main(args: list[str] | None = None) -> None:
@@ -16,8 +19,31 @@ def main(args: list[str] | None = None) -> None:
         return
     from lightning_app.cli import SFTCLI  # Lightning's import is slow; extras may not need it
 
-    SFTCLI(args=None if args is None else given)
+    SFTCLI(args=None if args is None else given)  # None: LightningCLI reads sys.argv itself
+
+
+def console_main() -> None:
+    """The ``sft`` command: a mistake in the input is one located message and exit code 2, not a
+    traceback (``--debug`` or ``SFT_DEBUG=1`` shows the traceback)."""
+    debug = DEBUG_FLAG in sys.argv or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    sys.argv = [arg for arg in sys.argv if arg != DEBUG_FLAG]
+    if debug:
+        main()
+        return
+    try:
+        main()
+    except user_errors() as error:
+        print(f"error: {error}\n(sft {DEBUG_FLAG} or {DEBUG_VARIABLE}=1 shows the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """What bad input or a bad setting raises: said in one message, without a traceback."""
+    from core.step_loss import AccumulationMismatchError
+    from core.tokenizer import ModelLoadError
+
+    return (ValueError, FileNotFoundError, ModelLoadError, AccumulationMismatchError)
 
 
 if __name__ == "__main__":
-    main()
+    console_main()

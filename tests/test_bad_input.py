@@ -1,0 +1,130 @@
+"""Malformed data as users write it: each case is one short message naming the file, the line (or
+record) and the field, with exit code 2 and no traceback, before any model work."""
+
+import json
+import sys
+
+import pytest
+
+from lightning_app.main import console_main
+
+QA = {"question": "Capital of Italy?", "answer": "Rome"}
+CHOICE = {"id": "c1", "type": "choice", "prompt": "Even?", "choices": {"A": "3", "B": "4"}, "answer": "B"}
+
+
+def jsonl(*records) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records).encode()
+
+
+def chat(*turns) -> dict:
+    return {"messages": [{"role": role, "content": content} for role, content in turns]}
+
+
+# (name, file suffix, file bytes, format, extra flags, expected location, expected words)
+CASES = [
+    ("broken JSON line", ".jsonl", jsonl(QA, '{"question": "q", "answer": '), "qa", [], "line 2", "invalid JSON"),
+    ("not UTF-8", ".jsonl", jsonl(QA) + b'{"question": "caf\xe9", "answer": "x"}\n', "qa", [], "line 2", "not UTF-8"),
+    ("empty file", ".jsonl", b"", "qa", [], "whole file", "empty"),
+    ("blank lines only", ".jsonl", b"\n\n  \n", "qa", [], "whole file", "empty"),
+    ("line holding a list", ".jsonl", jsonl([1, 2]), "qa", [], "line 1", "expected a JSON object"),
+    ("JSON list holding a string", ".json", json.dumps([QA, "oops"]).encode(), "qa", [], "record 2",
+     "expected a JSON object"),
+    ("JSON document that is a number", ".json", b"42", "qa", [], "whole file", "expected a list of records"),
+    ("CSV row with too many fields", ".csv", b"question,answer\nq1,a1\nq2,a2,extra\n", "qa", [], "line 3",
+     "3 fields where the header has 2"),
+    ("text file", ".txt", b"question: q\n", "qa", [], "whole file", "'.txt' files are not read"),
+    ("missing question", ".jsonl", jsonl(QA, {"answer": "x"}), "qa", [], "line 2", "field 'question'"),
+    ("answer is a number", ".jsonl", jsonl({"question": "q", "answer": 4}), "qa", [], "line 1", "field 'answer'"),
+    ("renamed field absent", ".jsonl", jsonl(QA), "qa", ["--data.fields", '{"question": "Q"}'], "line 1",
+     "field 'Q'"),
+    ("unknown role", ".jsonl", jsonl(chat(("user", "hi"), ("wizard", "poof"))), "messages", [], "line 1",
+     "role 'wizard'"),
+    ("role typo", ".jsonl", jsonl(chat(("user", "hi"), ("Assistant", "hello"))), "messages", [], "line 1",
+     "role 'Assistant'"),
+    ("content is a number", ".jsonl", jsonl({"messages": [{"role": "user", "content": 5}]}), "messages", [],
+     "line 1", "content must be a string"),
+    ("messages not a list", ".jsonl", jsonl({"messages": "hi"}), "messages", [], "line 1", "field 'messages'"),
+    ("message without content", ".jsonl", jsonl({"messages": [{"role": "user"}]}), "messages", [], "line 1",
+     "needs 'role' and 'content'"),
+    ("assistant speaks first", ".jsonl", jsonl(chat(("assistant", "Hi!"), ("user", "hi"))), "messages", [],
+     "line 1", "starts with an assistant turn"),
+    ("history holds a number", ".jsonl", jsonl({"instruction": "i", "output": "o", "history": [["u", 3]]}),
+     "instruction", [], "line 1", "field 'history'"),
+    ("history not pairs", ".jsonl", jsonl({"instruction": "i", "output": "o", "history": [["u"]]}),
+     "instruction", [], "line 1", "field 'history'"),
+    ("missing instruction", ".jsonl", jsonl({"output": "o"}), "instruction", [], "line 1", "field 'instruction'"),
+    ("prompt is a number", ".jsonl", jsonl({"prompt": 1, "completion": "c"}), "prompt_completion", [], "line 1",
+     "field 'prompt'"),
+    ("missing problem", ".jsonl", jsonl({"solution": "s"}), "math", [], "line 1", "field 'problem'"),
+    ("final answer is an object", ".jsonl", jsonl({"problem": "p", "solution": "s", "answer": {"x": 1}}), "math",
+     [], "line 1", "field 'answer'"),
+    ("missing think", ".jsonl", jsonl({"question": "q", "answer": "a"}), "think", [], "line 1", "field 'think'"),
+    ("unknown type", ".jsonl", jsonl({**CHOICE, "type": "essay"}), "typed", [], "line 1", "field 'type'"),
+    ("option letters with a gap", ".jsonl", jsonl({**CHOICE, "choices": {"A": "3", "C": "4"}, "answer": "A"}),
+     "typed", [], "line 1", "without gaps"),
+    ("gold letter not an option", ".jsonl", jsonl({**CHOICE, "answer": "E"}), "typed", [], "line 1",
+     "the gold letter must be one of"),
+    ("choices not an object", ".jsonl", jsonl({**CHOICE, "choices": ["3", "4"]}), "typed", [], "line 1",
+     "field 'choices'"),
+    ("missing prompt", ".jsonl", jsonl({"id": "g", "type": "generic-generate", "answer": "a"}), "typed", [],
+     "line 1", "field 'prompt'"),
+    ("duplicate id", ".jsonl", jsonl(CHOICE, CHOICE), "typed", [], "line 2", "id 'c1' appears again"),
+    ("id is a list", ".jsonl", jsonl({**QA, "id": [1]}), "qa", [], "line 1", "an id must be"),
+    ("no answers to score", ".jsonl", jsonl({"question": "q"}), "qa", [], "line 1", "the reference answer is missing"),
+    ("code without its test", ".jsonl", jsonl({"id": "k", "type": "code-generate", "prompt": "def f(): ...",
+                                               "answer": "x"}), "typed", [], "line 1", "'test' and 'entry_point'"),
+]
+
+
+@pytest.mark.parametrize("name, suffix, content, record_format, flags, location, words", CASES,
+                         ids=[case[0] for case in CASES])
+def test_bad_input_is_one_located_message(name, suffix, content, record_format, flags, location, words,
+                                          tmp_path, monkeypatch, capsys):
+    references = tmp_path / f"data{suffix}"
+    references.write_bytes(content)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"id": "0", "content": "x"}\n')
+    monkeypatch.setattr(sys, "argv", ["sft", "score", "--predictions", str(answers), "--references", str(references),
+                                      "--data.format", record_format, "--out", str(tmp_path / "m.json"), *flags])
+    with pytest.raises(SystemExit) as stopped:
+        console_main()
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()
+    assert len(message) <= 3 and "Traceback" not in "\n".join(message)
+    assert message[0].startswith(f"error: {references}, {location}: "), message
+    assert words in message[0]
+    assert not (tmp_path / "m.json").exists()  # nothing written
+
+
+def test_there_are_at_least_30_cases():
+    assert len(CASES) >= 30
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    references = tmp_path / "data.jsonl"
+    references.write_bytes(b"")
+    monkeypatch.setattr(sys, "argv", ["sft", "score", "--predictions", str(references), "--references",
+                                      str(references), "--debug"])
+    with pytest.raises(ValueError, match="the file is empty"):
+        console_main()
+
+
+def test_a_bad_test_file_stops_a_fit_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Every configured split is read first: a mistake in the test file does not wait for training to end."""
+    import modules.sft_module
+
+    monkeypatch.setattr(modules.sft_module, "load_causal_lm", lambda *a, **k: pytest.fail("the model loaded"))
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(jsonl(QA))
+    test = tmp_path / "test.jsonl"
+    test.write_bytes(jsonl(QA, {"question": "q", "answer": ["ok", 2]}))
+    monkeypatch.setattr(sys, "argv", ["sft", "fit", "--model.model_name_or_path", str(tiny_model_dir),
+                                      "--data.format", "qa", "--data.train_path", str(train),
+                                      "--data.test_path", str(test), "--trainer.logger", "false",
+                                      "--trainer.accelerator", "cpu"])
+    with pytest.raises(SystemExit) as stopped:
+        console_main()
+    assert stopped.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {test}, line 2: missing or invalid field 'answer': expected a non-empty string or a "
+                      "list of acceptable strings"]
