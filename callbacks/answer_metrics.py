@@ -10,16 +10,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.prediction_writer import ordered_answers, write_answers
-
-
-def numeric_items(metrics: dict):
-    """(``type/metric``, value) for every number in the nested metrics."""
-    for group, values in metrics.items():
-        if isinstance(values, dict):
-            for name, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    yield f"{group}/{name}", float(value)
+from evaluation.answer_files import ordered_answers, write_answers
 
 
 class AnswerMetrics(Callback):
@@ -50,7 +41,7 @@ class AnswerMetrics(Callback):
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if not self.enabled or not self.answers or trainer.datamodule is None:
             return
-        from evaluation.scoring import format_metrics_table, score_records
+        from evaluation.scoring import format_metrics_table, numeric_items, score_records
 
         rows = ordered_answers(self.answers)
         self.metrics = score_records({row["id"]: row["content"] for row in rows}, trainer.datamodule.records("test"))

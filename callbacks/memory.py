@@ -17,7 +17,8 @@ On a CPU there is no per-stage figure: the only peak is the process's resident m
 since the process started, model loading and earlier runs in the same process included; it is
 logged as ``memory/cpu_peak_rss_mib`` at the same moments, to make that plain.
 
-The latest figures are kept in ``summary`` (keys without the ``memory/`` prefix) for the run summary.
+The latest figures are kept in ``summary`` (keys without the ``memory/`` prefix) and published as
+``run_figures["memory"]`` on the module (``run_figures.py``) for the run summary.
 """
 
 import resource
@@ -25,6 +26,8 @@ import sys
 
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from callbacks.run_figures import publish
 
 MIB = 2**20
 
@@ -105,6 +108,7 @@ class MemoryMonitor(Callback):
 
     def _log(self, trainer, figures: dict[str, float]) -> None:
         self.summary.update(figures)
+        publish(trainer.lightning_module, "memory", figures)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({f"memory/{name}": mib for name, mib in figures.items()}, step=trainer.global_step)

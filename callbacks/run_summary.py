@@ -26,24 +26,9 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 
 from core.files import write_text_atomically
-from core.tables import markdown_table
 
-from callbacks.memory import MemoryMonitor
-from callbacks.throughput import SFTThroughputMonitor
-
-# (heading, summary field, format): the table of summary.md, and of ``sft compare`` across runs.
-SUMMARY_COLUMNS = [
-    ("run", "run", "{}"),
-    ("method", "method", "{}"),
-    ("optimizer", "optimizer_with_lr", "{}"),
-    ("trainable %", "trainable_percent", "{:.3f}"),
-    ("peak memory (MiB)", "peak_memory", "{}"),
-    ("time/epoch (s)", "epoch_seconds", "{:.2f}"),
-    ("tokens/s", "tokens_per_second", "{:.1f}"),
-    ("final train loss", "final_train_loss", "{:.4f}"),
-    ("final val loss", "final_val_loss", "{:.4f}"),
-]
-
+from callbacks.run_figures import published
+from evaluation.run_table import summary_markdown
 
 class RunSummary(Callback):
     def teardown(self, trainer, pl_module, stage: str) -> None:
@@ -60,9 +45,7 @@ class RunSummary(Callback):
 
 
 def build_summary(trainer, pl_module, run_name: str) -> dict:
-    memory = _find_callback(trainer, MemoryMonitor)
-    throughput = _find_callback(trainer, SFTThroughputMonitor)
-    speed = throughput.summary if throughput else {}
+    memory, speed = published(pl_module, "memory"), published(pl_module, "speed")
     optimizer = trainer.optimizers[0] if trainer.optimizers else None
     return {
         "run": run_name,
@@ -70,8 +53,8 @@ def build_summary(trainer, pl_module, run_name: str) -> dict:
         "optimizer": type(optimizer).__name__ if optimizer else None,
         "lr": _configured_lr(optimizer),
         "trainable_percent": 100 * pl_module.trainable_share,
-        **_peak_memory(memory.summary if memory else {}),
-        "memory": dict(memory.summary) if memory else {},
+        **_peak_memory(memory),
+        "memory": memory,
         **{name: speed.get(name) for name in
            ("epoch_seconds", "step_seconds", "tokens_per_second", "samples_per_second", "mfu")},
         "final_train_loss": _metric(trainer, "train/loss_epoch"),
@@ -107,48 +90,6 @@ def _configured_lr(optimizer) -> float | None:
     return None if lr is None else float(lr)
 
 
-def _find_callback(trainer, callback_class):
-    return next((callback for callback in trainer.callbacks if isinstance(callback, callback_class)), None)
-
-
 def _metric(trainer, name: str) -> float | None:
     value = trainer.callback_metrics.get(name)
     return None if value is None else float(value)
-
-
-# Markdown ---------------------------------------------------------------------------------------
-def summary_markdown(summary: dict) -> str:
-    lines = [f"# Run summary: {summary['run']}", "", summary_table([summary]), ""]
-    if summary["test_metrics"]:
-        lines += ["## Test metrics", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {name} | {value:.4f} |" for name, value in sorted(summary["test_metrics"].items())]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def summary_table(summaries: list[dict]) -> str:
-    """A Markdown table, one row per run summary; "n/a" where a figure was not measured."""
-    header = [heading for heading, _, _ in SUMMARY_COLUMNS]
-    rows = [[_cell(summary, field, form) for _, field, form in SUMMARY_COLUMNS] for summary in summaries]
-    return markdown_table(header, rows)
-
-
-def _cell(summary: dict, field: str, form: str) -> str:
-    if field == "optimizer_with_lr":
-        text = _optimizer_text(summary.get("optimizer"), summary.get("lr"))
-    elif field == "peak_memory":
-        text = _memory_text(summary.get("peak_memory_mib"), summary.get("peak_memory_kind"))
-    else:
-        text = None if summary.get(field) is None else form.format(summary[field])
-    return "n/a" if text is None else text.replace("|", "\\|")
-
-
-def _optimizer_text(name: str | None, lr: float | None) -> str | None:
-    if name is None:
-        return None
-    return name if lr is None else f"{name} (lr {lr:g})"
-
-
-def _memory_text(mib: float | None, kind: str | None) -> str | None:
-    labels = {"gpu_allocated": "GPU", "cpu_rss": "CPU RSS"}
-    return None if mib is None else f"{mib:.1f} ({labels.get(kind, kind)})"

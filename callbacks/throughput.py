@@ -1,22 +1,22 @@
 """Training speed: seconds per epoch and per optimizer step, real tokens and samples per second, MFU.
 
-Built on Lightning's ``ThroughputMonitor``, which this subclasses rather than re-derives:
+Built on Lightning's ``ThroughputMonitor`` for the per-step figures, through its public hooks only:
 
 - It is given ``length_fn=real_tokens_in``, so its token counts are ``attention_mask.sum()``:
   padding is work the GPU does but not work the run needed, and counting it would flatter a run
   that pads badly (shuffled batches of mixed lengths) over one that groups by length.
-- Its clock excludes validation (it moves its training start time past every validation run), so
-  the epoch figures here are training time only.
 - Every step it logs rolling figures over the last ``window_size`` batches under
   ``train/device/...`` (``items_per_sec`` = real tokens/s, ``samples_per_sec``, ``flops_per_sec``,
   ``mfu`` on a GPU it knows) and running totals ``train/time``, ``train/samples``,
   ``train/lengths``; the same for validation under ``validate/...``.
 
-On top, at the end of every training epoch this logs whole-epoch figures and keeps them in
-``summary`` for the run summary: ``time/epoch_seconds``, ``time/step_seconds`` (mean per
-optimizer step), ``throughput/tokens_per_second``, ``throughput/samples_per_second`` and, where
-Lightning knows the device's peak FLOP/s (CUDA GPUs in its table; never on CPU),
-``throughput/mfu``.
+On top, at the end of every training epoch this logs whole-epoch figures, counted here on its own
+clock with validation time left out, and keeps them in ``summary`` for the run summary:
+``time/epoch_seconds``, ``time/step_seconds`` (mean per optimizer step),
+``throughput/tokens_per_second``, ``throughput/samples_per_second`` (also published as
+``run_figures["speed"]`` on the module) and, where Lightning knows the
+device's peak FLOP/s (CUDA GPUs in its table; never on CPU), ``throughput/mfu`` against the peak of
+the dtype the matmuls really run in.
 
 FLOPs (for MFU) are model FLOPs of the useful work, estimated per batch from its real tokens:
 a matmul weight of N parameters costs 2·N·T forward over T tokens, 2·N·T backward for the
@@ -31,14 +31,16 @@ are trained positions of the labelled records. Gradient-checkpointing's recomput
 counted: MFU measures useful work, not what the hardware redid.
 """
 
+import time
+
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import ThroughputMonitor
-from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
-from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
 
-from datamodules.accumulation import trained_tokens_in
+from callbacks.run_figures import publish
+
+from core.step_loss import trained_tokens_in
 
 
 def samples_in(batch: dict) -> int:
@@ -98,29 +100,10 @@ class SFTThroughputMonitor(ThroughputMonitor):
         """
         super().__init__(batch_size_fn=samples_in, length_fn=real_tokens_in, window_size=window_size)
         self.summary: dict[str, float] = {}
-        self._training_flops = 0
-        self._epoch_start_totals = _Totals()
-        self._epoch_start_step = 0
+        self._epoch = _EpochTotals()
+        self._validation_started: float | None = None
 
-    # 1. The device's peak, for the weights' real compute dtype ------------------------------------
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self._use_peak_of_compute_dtype(trainer, pl_module)
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self._use_peak_of_compute_dtype(trainer, pl_module)  # also covers a standalone ``validate``
-        super().on_validation_start(trainer, pl_module)
-
-    def _use_peak_of_compute_dtype(self, trainer, pl_module) -> None:
-        """Lightning picks the peak FLOP/s from the Trainer's precision alone, so bfloat16 weights under
-        the default ``32-true`` would be measured against the float32 (or TF32) peak and MFU overstated 2-15x."""
-        if trainer.strategy.root_device.type != "cuda":
-            return
-        dtype = compute_dtype(_plugin_to_compute_dtype(trainer.precision_plugin), pl_module.model)
-        self.available_flops = get_available_flops(trainer.strategy.root_device, dtype)
-        for throughput in self._throughputs.values():
-            throughput.available_flops = self.available_flops
-
-    # 2. FLOPs per batch -----------------------------------------------------------------------------
+    # 1. FLOPs per batch -----------------------------------------------------------------------------
     # Lightning reads ``flops_per_batch`` off the module at every batch end; batches differ in length,
     # so it is set per batch from that batch's real tokens.
     def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:
@@ -135,46 +118,87 @@ class SFTThroughputMonitor(ThroughputMonitor):
     def on_predict_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         pl_module.flops_per_batch = None  # generation: many forward passes of growing length
 
-    # 3. Whole-epoch figures -------------------------------------------------------------------------
-    def on_train_start(self, trainer, pl_module) -> None:
-        super().on_train_start(trainer, pl_module)
-        self._training_flops = 0  # Lightning's clock and counters restart here too
+    # 2. Whole-epoch figures, on its own clock: training time only, validation left out --------------
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch = _EpochTotals(started=_synchronized_clock(trainer), step_at_start=trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        self._training_flops += pl_module.flops_per_batch  # Lightning keeps only a window of these
+        self._epoch.add(real_tokens_in(batch), samples_in(batch), pl_module.flops_per_batch)
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start_totals = self._training_totals()
-        self._epoch_start_step = trainer.global_step
+    def on_validation_start(self, trainer, pl_module) -> None:
+        super().on_validation_start(trainer, pl_module)
+        if trainer.training:  # validation inside a fit's epoch: its time is not training time
+            self._validation_started = _synchronized_clock(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._validation_started is not None:
+            self._epoch.validation_seconds += _synchronized_clock(trainer) - self._validation_started
+            self._validation_started = None
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        epoch = self._training_totals().minus(self._epoch_start_totals)
-        if epoch.seconds <= 0:
+        seconds = _synchronized_clock(trainer) - self._epoch.started - self._epoch.validation_seconds
+        if seconds <= 0 or self._epoch.samples == 0:
             return
         figures = {
-            "time/epoch_seconds": epoch.seconds,
-            "throughput/tokens_per_second": epoch.tokens / epoch.seconds,
-            "throughput/samples_per_second": epoch.samples / epoch.seconds,
+            "time/epoch_seconds": seconds,
+            "throughput/tokens_per_second": self._epoch.tokens / seconds,
+            "throughput/samples_per_second": self._epoch.samples / seconds,
         }
-        optimizer_steps = trainer.global_step - self._epoch_start_step
+        optimizer_steps = trainer.global_step - self._epoch.step_at_start
         if optimizer_steps > 0:
-            figures["time/step_seconds"] = epoch.seconds / optimizer_steps
-        if self.available_flops:
-            figures["throughput/mfu"] = epoch.flops / epoch.seconds / self.available_flops
+            figures["time/step_seconds"] = seconds / optimizer_steps
+        peak_flops = peak_flops_per_second(trainer, pl_module)
+        if peak_flops:
+            figures["throughput/mfu"] = self._epoch.flops / seconds / peak_flops
         self.summary = {name.split("/", 1)[1]: float(value) for name, value in figures.items()}
-        self.summary["epoch_tokens"] = float(epoch.tokens)
+        self.summary["epoch_tokens"] = float(self._epoch.tokens)
+        publish(pl_module, "speed", self.summary)
         for logger in trainer.loggers:
             logger.log_metrics(figures, step=trainer.global_step)
 
-    def _training_totals(self) -> "_Totals":
-        """Running totals since training started; Lightning's clock leaves validation time out."""
-        throughput = self._throughputs.get(RunningStage.TRAINING)
-        if throughput is None or not throughput._time:  # before the first batch, or not rank zero
-            return _Totals()
-        totals = throughput.compute()  # time, samples and lengths are running totals, not rates
-        return _Totals(totals["time"], totals["lengths"], totals["samples"], self._training_flops)
+
+class _EpochTotals:
+    """Real tokens, samples and FLOPs of the epoch's training batches, and its validation time."""
+
+    def __init__(self, started: float = 0.0, step_at_start: int = 0):
+        self.started, self.step_at_start = started, step_at_start
+        self.tokens = self.samples = self.flops = 0
+        self.validation_seconds = 0.0
+
+    def add(self, tokens: int, samples: int, flops: int | None) -> None:
+        self.tokens, self.samples, self.flops = self.tokens + tokens, self.samples + samples, self.flops + (flops or 0)
+
+
+def _synchronized_clock(trainer) -> float:
+    """Seconds, after queued GPU work has finished (else a GPU epoch would end before its kernels do)."""
+    if trainer.strategy.root_device.type == "cuda":
+        torch.cuda.synchronize(trainer.strategy.root_device)
+    return time.perf_counter()
+
+
+def peak_flops_per_second(trainer, pl_module) -> float | None:
+    """The device's peak for the dtype the matmuls really run in; None on CPUs (no table for them).
+
+    Lightning's rolling ``train/device/mfu`` takes the dtype from the precision setting alone; with
+    bfloat16 weights under ``32-true`` it would measure against the float32 peak. This figure does not.
+    """
+    device = trainer.strategy.root_device
+    if device.type != "cuda":
+        return None
+    return get_available_flops(device, compute_dtype(precision_dtype(trainer.precision), pl_module.model))
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The matmul dtype a Trainer precision setting implies ("bf16-mixed" → bfloat16, ...)."""
+    setting = str(precision)
+    if setting.startswith("bf16"):
+        return torch.bfloat16
+    if setting.startswith("16"):
+        return torch.float16
+    return torch.float64 if setting.startswith("64") else torch.float32
 
 
 def compute_dtype(precision_dtype: torch.dtype, model: torch.nn.Module) -> torch.dtype:
@@ -186,14 +210,3 @@ def compute_dtype(precision_dtype: torch.dtype, model: torch.nn.Module) -> torch
         weight_dtypes[parameter.dtype] = weight_dtypes.get(parameter.dtype, 0) + parameter.numel()
     most_weights = max(weight_dtypes, key=weight_dtypes.get)
     return most_weights if most_weights in (torch.bfloat16, torch.float16) else precision_dtype
-
-
-class _Totals:
-    """Training seconds, real tokens, samples and FLOPs counted so far."""
-
-    def __init__(self, seconds: float = 0.0, tokens: int = 0, samples: int = 0, flops: int = 0):
-        self.seconds, self.tokens, self.samples, self.flops = seconds, tokens, samples, flops
-
-    def minus(self, earlier: "_Totals") -> "_Totals":
-        return _Totals(self.seconds - earlier.seconds, self.tokens - earlier.tokens,
-                       self.samples - earlier.samples, self.flops - earlier.flops)

@@ -10,7 +10,6 @@ best checkpoint by a task metric. A few prompts with their answers go to TensorB
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import move_data_to_device
 
-from callbacks.answer_metrics import numeric_items
 
 
 class ValidationAnswers(Callback):
@@ -34,7 +33,7 @@ class ValidationAnswers(Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self.num_records <= 0 or trainer.sanity_checking or trainer.datamodule is None:
             return
-        from evaluation.scoring import score_records
+        from evaluation.scoring import numeric_items, score_records
 
         answers = self._answers(trainer.datamodule, pl_module)
         wanted = {row["id"] for row in answers}

@@ -1,15 +1,30 @@
-"""Trained-token counts per optimizer step, so the loss is a mean over the whole step.
+"""The loss of an optimizer step, in one place: a mean over every trained token of the whole step.
 
 Averaging the loss per micro-batch and then over micro-batches weights a short answer's tokens
 more than a long one's; the right loss divides the summed token losses of all micro-batches of an
-optimizer step by the number of trained tokens in all of them. That number is only known once
-every micro-batch of the step has been seen, so this wrapper reads ahead one accumulation window
-and stamps each batch with the step's totals:
+optimizer step by the number of trained tokens in all of them. Everything that agreement needs
+lives here, and nowhere else:
+
+1. counting trained tokens (``trained_tokens_in``);
+2. the step's divisors: that number is only known once every micro-batch of the step has been
+   seen, so the training loader is wrapped (``StepTokenCounts``) to read ahead one accumulation
+   window and stamp each batch with the step's totals;
+3. the divisor a head divides its summed losses by (``step_divisor``);
+4. the check, at every training step, that the window the loader read ahead is the trainer's
+   accumulation (``check_window``): a ``GradientAccumulationScheduler`` changing it mid-run would
+   otherwise give silently wrong losses;
+5. undoing Lightning's own division by ``accumulate_grad_batches`` (``undo_accumulation_scaling``):
+   each micro-batch's loss is already its share of the step's mean.
+
+The stamps:
 
 - ``step_trained_tokens``: trained tokens of all rows (the LM head's divisor);
 - ``step_lm_tokens``: trained tokens of the rows that are not choice questions (the multi head
   sends choice rows to the choice head, so their letters are not LM targets there);
-- ``step_choice_records``: choice rows (the choice head's loss is a mean over records).
+- ``step_choice_records``: choice rows (the choice head's loss is a mean over records);
+- ``step_window_capacity``: the accumulation the window was read ahead with.
+
+Lives in ``core`` because both sides need it: the data module wraps its loader, the heads divide.
 """
 
 from collections.abc import Iterable, Iterator
@@ -18,6 +33,12 @@ from typing import Any
 import torch
 
 from core.constants import IGNORE_INDEX
+
+STEP_DIVISORS = ("step_trained_tokens", "step_lm_tokens", "step_choice_records")
+
+
+class AccumulationMismatchError(RuntimeError):
+    """The loader read ahead another window than the trainer accumulates over."""
 
 
 def trained_tokens_in(batch: dict[str, Any], rows: torch.Tensor | None = None) -> int:
@@ -62,9 +83,32 @@ class StepTokenCounts(Iterable):
                 window = []
         yield from self._stamped(window)  # a shorter last window of the epoch
 
-    @staticmethod
-    def _stamped(window: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def _stamped(self, window: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         totals = step_totals(window)
         for batch in window:
-            batch.update(totals)
+            batch.update(totals, step_window_capacity=self.accumulate_grad_batches)
             yield batch
+
+
+def step_divisor(batch: dict[str, Any], name: str) -> torch.Tensor:
+    """The step total a summed loss is divided by (at least 1: a step may lack choice rows)."""
+    if name not in STEP_DIVISORS:
+        raise KeyError(f"'{name}' is not a step divisor: one of {STEP_DIVISORS}")
+    return batch[name].clamp(min=1)
+
+
+def check_window(batch: dict[str, Any], accumulate_grad_batches: int) -> None:
+    """Stop before a wrong loss: the stamped totals cover ``step_window_capacity`` micro-batches."""
+    capacity = int(batch["step_window_capacity"])
+    if capacity != accumulate_grad_batches:
+        raise AccumulationMismatchError(
+            f"the training loader summed trained tokens over windows of {capacity} micro-batches but the trainer "
+            f"accumulates {accumulate_grad_batches}: the loss would be wrong. Changing accumulate_grad_batches "
+            "during a fit (GradientAccumulationScheduler) is not supported; set trainer.accumulate_grad_batches."
+        )
+
+
+def undo_accumulation_scaling(loss: torch.Tensor, accumulate_grad_batches: int) -> torch.Tensor:
+    """Lightning divides each micro-batch's loss by ``accumulate_grad_batches``; ours is already its
+    share of the step's mean, so it is multiplied back."""
+    return loss * accumulate_grad_batches

@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from datamodules.accumulation import StepTokenCounts
+from core.step_loss import StepTokenCounts
 from datamodules.batching import (
     EpochBatchSampler,
     LengthGroupedBatchSampler,

@@ -259,6 +259,15 @@ def score_records(predictions: dict[str, Content], records: list[Record], code_k
 # 4. Files out, and a table for people.
 
 
+def numeric_items(metrics: dict):
+    """(``type/metric``, value) for every number in the nested metrics."""
+    for group, values in metrics.items():
+        if isinstance(values, dict):
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    yield f"{group}/{name}", float(value)
+
+
 def write_metrics(metrics: dict, path: Path) -> Path:
     """Write metrics as JSON, never half a file."""
     return write_text_atomically(path, json.dumps(metrics, ensure_ascii=False, indent=2) + "\n")

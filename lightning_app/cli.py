@@ -4,6 +4,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from callbacks.answer_metrics import AnswerMetrics
 from callbacks.data_stats import DataStatsLogger
@@ -15,6 +16,8 @@ from callbacks.throughput import SFTThroughputMonitor
 from callbacks.validation_answers import ValidationAnswers
 from datamodules.sft_datamodule import SFTDataModule
 from lightning_app.run_dirs import newest_last_checkpoint, version_of_checkpoint
+from modules.precision import choose_precision, precision_warning, probe, probe_kind
+from modules.resume import nothing_left_to_train
 from modules.sft_module import SFTModule
 
 TRAINER_DEFAULTS = {
@@ -68,6 +71,31 @@ class SFTCLI(LightningCLI):
         config.ckpt_path = str(checkpoint)
         if resume:
             logger_args.version = version_of_checkpoint(checkpoint)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config  # None: run=False
+        self._set_precision_for_the_machine(config.trainer)
+
+    @staticmethod
+    def _set_precision_for_the_machine(trainer_config) -> None:
+        """An unset ``trainer.precision`` becomes the machine's (so config.yaml records what ran);
+        a set one is kept, with a warning where it is bf16 on a CPU without bf16 (~300x slower)."""
+        kind = probe_kind(trainer_config.accelerator)
+        capabilities = probe(kind)
+        if trainer_config.precision is None:
+            choice = choose_precision(kind, capabilities)
+            trainer_config.precision = choice.precision
+            rank_zero_only(print)(choice.line())  # once, not once a process under DDP
+        elif warning := precision_warning(trainer_config.precision, kind, capabilities):
+            rank_zero_warn(warning)
+
+    def before_fit(self) -> None:
+        """A resume with no budget left stops here, before config.yaml, logs or an export are written."""
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            reason = nothing_left_to_train(ckpt_path, self.trainer)
+            if reason:
+                raise SystemExit(f"sft fit: {reason}")
 
     def after_fit(self) -> None:
         checkpoint_dir = self.trainer.checkpoint_callback.dirpath

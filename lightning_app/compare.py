@@ -13,8 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from callbacks.run_summary import summary_table
 from evaluation.curves import plot_loss_curves, read_loss_curves
+from evaluation.run_table import summary_table
 
 
 def compare_runs(run_dirs: list[str], out_dir: str) -> Path:

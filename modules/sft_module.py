@@ -6,23 +6,21 @@ Read top to bottom: 1. build (in ``configure_model``, so ``sft inspect`` never l
 5. checkpoints (PEFT runs save only the trainable weights), 6. optimizer and schedule.
 """
 
-from typing import Literal
-
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import PeftConfig
 
-from datamodules.accumulation import trained_tokens_in
+from core.embedded import resolve_model_path
+from core.step_loss import check_window, trained_tokens_in, undo_accumulation_scaling
+from core.tokenizer import load_tokenizer
 from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
 from modules.generation import GenerationPlan, GenerationSettings, default_per_type
-from core.embedded import resolve_model_path
 from modules.heads import Head, LMHead
 from modules.heads.choice_export import restore_choice_head
-from core.tokenizer import load_tokenizer
-from modules.loading import load_causal_lm
-from modules.optim import parameter_groups, schedule
+from modules.loading import Dtype, load_causal_lm
+from modules.optim import Schedule, parameter_groups, schedule
 from modules.peft_setup import (
     adalora_budget_state,
     apply_peft,
@@ -33,10 +31,12 @@ from modules.peft_setup import (
     weigh_adalora_regulariser,
 )
 from modules.quantization import (
+    Quantization,
     prepare_for_kbit_training,
     require_cuda_for_optimizer,
     require_cuda_for_quantization,
 )
+from modules.resume import follow_current_schedule, mark_cut_epoch_unfinished, rebuild_train_loader_after_restore
 
 
 class SFTModule(L.LightningModule):
@@ -46,12 +46,12 @@ class SFTModule(L.LightningModule):
         init_from_config: bool = False,
         peft_config: PeftConfig | None = None,
         head: Head | None = None,
-        dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
+        dtype: Dtype = "float32",
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
-        quantization: Literal["4bit", "8bit"] | None = None,
+        quantization: Quantization | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
+        lr_schedule: Schedule = "cosine",
         warmup: float = 0.0,
         head_lr: float | None = None,
         generation: GenerationSettings | None = None,
@@ -151,6 +151,12 @@ class SFTModule(L.LightningModule):
             logger.log_metrics({"model/trainable_parameters": float(self.trainable_parameters),
                                 "model/trainable_percent": 100 * self.trainable_share}, step=self.global_step)
 
+    def on_train_start(self) -> None:
+        """The checkpoint is restored by now: a resumed fit continues its epoch's batch order where it
+        stopped, and on the schedule of its (maybe larger) budget."""
+        rebuild_train_loader_after_restore(self.trainer)
+        follow_current_schedule(self.trainer)
+
     @property
     def tokenizer(self):
         if self._tokenizer is None:
@@ -159,16 +165,17 @@ class SFTModule(L.LightningModule):
 
     # 2. Train -----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        accumulate = self.trainer.accumulate_grad_batches
+        check_window(batch, accumulate)
         # AdaLoRA's regulariser rides on every micro-batch's loss: one share per micro-batch is once a step.
-        weigh_adalora_regulariser(self.model, self.peft_config, 1 / self.trainer.accumulate_grad_batches)
+        weigh_adalora_regulariser(self.model, self.peft_config, 1 / accumulate)
         losses = self.head.training_loss(self.model, batch)
         # Each part is this micro-batch's share of the step's mean (its divisor is the whole step's),
         # so the shares of a step's micro-batches add up to the step's loss: logged once it is whole.
         for name, value in losses.items():
             self._step_losses[name] = self._step_losses.get(name, 0.0) + value.detach()
         self._count_tokens(batch, trained_tokens_in(batch))
-        # Lightning divides by accumulate_grad_batches; the loss is already a mean over the whole step.
-        return losses["loss"] * self.trainer.accumulate_grad_batches
+        return undo_accumulation_scaling(losses["loss"], accumulate)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """All micro-batches of the step are in: log its losses (one point per optimizer step; the
@@ -211,6 +218,7 @@ class SFTModule(L.LightningModule):
 
     # 5. Checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        mark_cut_epoch_unfinished(self.trainer, checkpoint)  # a budget-stopped epoch resumes where it stopped
         if self.peft_config is not None:
             checkpoint["state_dict"] = trainable_state(self, checkpoint["state_dict"])
         checkpoint["tokens_seen"] = [self.tokens_seen, self.trained_tokens_seen]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import lightning as L
 
-from datamodules.accumulation import StepTokenCounts
+from core.step_loss import StepTokenCounts
 from datamodules.sft_datamodule import SFTDataModule
 from modules.sft_module import SFTModule
 

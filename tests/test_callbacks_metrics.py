@@ -14,6 +14,7 @@ from peft import LoraConfig, get_peft_model
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks.memory import MemoryMonitor
+from callbacks.run_figures import published
 from callbacks.run_summary import RunSummary
 from callbacks.throughput import SFTThroughputMonitor, compute_dtype, forward_flops, real_tokens_in, training_flops
 from core.constants import IGNORE_INDEX
@@ -140,7 +141,7 @@ def test_gpu_peaks_of_a_fit_survive_the_resets_at_each_epoch(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: counter["peak"])
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device: 2 * counter["peak"])
     trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), loggers=[],
-                              is_global_zero=True, global_step=0)
+                              is_global_zero=True, global_step=0, lightning_module=SimpleNamespace())
     monitor = MemoryMonitor()
     monitor.on_fit_start(trainer, None)
     counter["peak"] = 700 * 2**20  # e.g. the sanity-check validation, before the first epoch opens
@@ -152,6 +153,7 @@ def test_gpu_peaks_of_a_fit_survive_the_resets_at_each_epoch(monkeypatch):
     monitor.on_fit_end(trainer, None)
     assert monitor.summary["fit_peak_allocated_mib"] == 700  # though reset when the first epoch began
     assert monitor.summary["fit_peak_reserved_mib"] == 1400
+    assert published(trainer.lightning_module, "memory") == monitor.summary  # what the run summary reads
 
 
 # summary.json and summary.md -----------------------------------------------------------------------

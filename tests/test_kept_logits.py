@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
-from datamodules.accumulation import trained_tokens_in
+from core.step_loss import trained_tokens_in
 from core.constants import IGNORE_INDEX
 from modules.heads import LMHead, MultiHead
 from modules.peft_setup import AdaLoraConfig

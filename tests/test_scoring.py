@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from callbacks.prediction_writer import write_answers
+from evaluation.answer_files import write_answers
 from datamodules.normalize import ConversationSpec, normalize_records, read_records
 from evaluation.scoring import (
     format_metrics_table,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from datamodules.accumulation import StepTokenCounts
+from core.step_loss import StepTokenCounts
 from tests.factories import QA_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl
 
 SGD = partial(torch.optim.SGD, lr=1.0)

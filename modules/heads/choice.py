@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from datamodules.accumulation import trained_tokens_in
+from core.step_loss import step_divisor, trained_tokens_in
 from core.constants import IGNORE_INDEX
 from modules.generation import GenerationPlan, generate_for_rows
 from modules.heads import letters
@@ -92,11 +92,11 @@ class MultiHead(Head):
         return MultiPass(outputs.loss, option_logits, choice_rows, letter_values)
 
     def training_loss(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        parts = self._parts(model, batch, lm_divisor=batch["step_lm_tokens"].clamp(min=1))
+        parts = self._parts(model, batch, lm_divisor=step_divisor(batch, "step_lm_tokens"))
         lm_loss = parts.lm_loss
         gold = batch["choice_label"][parts.choice_rows].to(parts.option_logits.device)
         choice_sum = nn.functional.cross_entropy(parts.option_logits, gold, reduction="sum")  # 0 without choice rows
-        choice_loss = choice_sum / batch["step_choice_records"].clamp(min=1).to(choice_sum.device)
+        choice_loss = choice_sum / step_divisor(batch, "step_choice_records").to(choice_sum.device)
         loss = self.lm_weight * lm_loss + self.choice_weight * choice_loss
         return {"loss": loss, "lm_loss": lm_loss, "choice_loss": choice_loss}
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from datamodules.accumulation import trained_tokens_in
+from core.step_loss import step_divisor, trained_tokens_in
 from core.constants import IGNORE_INDEX
 from modules.generation import GenerationPlan, generate_for_rows
 from modules.heads import letters
@@ -34,7 +34,7 @@ class LMHead(Head):
         """
         targets = next_token_labels(batch["labels"])  # (batch, seq)
         keep = targets != IGNORE_INDEX
-        outputs = forward_keeping(model, batch, keep, targets, divisor=batch["step_trained_tokens"])
+        outputs = forward_keeping(model, batch, keep, targets, divisor=step_divisor(batch, "step_trained_tokens"))
         return {"loss": outputs.loss}
 
     def evaluation(self, model, batch: dict) -> dict[str, EvalValue]:
