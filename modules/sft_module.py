@@ -7,9 +7,10 @@ Read top to bottom: 1. build (in ``configure_model``, so ``sft inspect`` never l
 """
 
 import lightning as L
+import peft
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftConfig
 
 from core.embedded import resolve_model_path
@@ -21,15 +22,8 @@ from modules.heads import Head, LMHead
 from modules.heads.choice_export import restore_choice_head
 from modules.loading import Dtype, load_causal_lm
 from modules.optim import Schedule, parameter_groups, schedule
-from modules.peft_setup import (
-    adalora_budget_state,
-    apply_peft,
-    restore_adalora_budget_state,
-    set_adalora_total_step,
-    trainable_parameter_counts,
-    update_adalora_budget,
-    weigh_adalora_regulariser,
-)
+from modules.adalora_budget import AdaLoraBudget
+from modules.peft_setup import apply_peft, trainable_parameter_counts
 from modules.quantization import (
     Quantization,
     prepare_for_kbit_training,
@@ -141,12 +135,12 @@ class SFTModule(L.LightningModule):
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
 
+    def configure_callbacks(self) -> list:
+        """What a PEFT method needs from the training loop comes with it, whoever builds the Trainer
+        (called before ``configure_model``: decided from the config, not the model)."""
+        return [AdaLoraBudget()] if isinstance(self.peft_config, peft.AdaLoraConfig) else []
+
     def on_fit_start(self) -> None:
-        """The trainer's data is set up by now: AdaLoRA's schedule takes its step count from it."""
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        warning = set_adalora_total_step(self.model, self.peft_config, total_steps)
-        if warning:
-            rank_zero_warn(warning)
         for logger in self.loggers:
             logger.log_metrics({"model/trainable_parameters": float(self.trainable_parameters),
                                 "model/trainable_percent": 100 * self.trainable_share}, step=self.global_step)
@@ -167,8 +161,6 @@ class SFTModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         accumulate = self.trainer.accumulate_grad_batches
         check_window(batch, accumulate)
-        # AdaLoRA's regulariser rides on every micro-batch's loss: one share per micro-batch is once a step.
-        weigh_adalora_regulariser(self.model, self.peft_config, 1 / accumulate)
         losses = self.head.training_loss(self.model, batch)
         # Each part is this micro-batch's share of the step's mean (its divisor is the whole step's),
         # so the shares of a step's micro-batches add up to the step's loss: logged once it is whole.
@@ -194,7 +186,6 @@ class SFTModule(L.LightningModule):
     # 3. Evaluate --------------------------------------------------------------------------------
     def _evaluation_step(self, batch: dict, stage: str) -> None:
         """Token-mean losses and accuracies, each weighted by what it is a mean over."""
-        weigh_adalora_regulariser(self.model, self.peft_config, 0.0)  # val/test loss: the LM loss alone
         for name, value in self.head.evaluation(self.model, batch).items():
             if value.count:
                 self.log(f"{stage}/{name}", value.value, batch_size=value.count, on_epoch=True,
@@ -222,14 +213,10 @@ class SFTModule(L.LightningModule):
         if self.peft_config is not None:
             checkpoint["state_dict"] = trainable_state(self, checkpoint["state_dict"])
         checkpoint["tokens_seen"] = [self.tokens_seen, self.trained_tokens_seen]
-        budget_state = adalora_budget_state(self.model)
-        if budget_state is not None:
-            checkpoint["adalora_budget"] = budget_state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_checkpoint_keys(self, checkpoint["state_dict"])
         self.tokens_seen, self.trained_tokens_seen = checkpoint.get("tokens_seen", [0, 0])
-        restore_adalora_budget_state(self.model, checkpoint.get("adalora_budget"))
 
     # 6. Optimizer and schedule -------------------------------------------------------------------
     def configure_optimizers(self):
@@ -238,10 +225,3 @@ class SFTModule(L.LightningModule):
         total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = schedule(optimizer, self.lr_schedule, self.warmup, total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
-        """After the step and before Lightning zeroes the gradients (at the next step's start),
-        AdaLoRA scores and prunes ranks from this step's gradients."""
-        step_index = self.global_step  # 0-based index of the step being taken, as peft counts
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        update_adalora_budget(self.model, step_index)

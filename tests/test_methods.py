@@ -15,7 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from datamodules.sft_datamodule import SFTDataModule
 from lightning_app.main import main
 from modules.heads import MultiHead
-from modules.peft_setup import AdaLoraConfig, weigh_adalora_regulariser
+from modules.adalora_budget import weigh_adalora_regulariser
+from modules.peft_setup import AdaLoraConfig
 from modules.quantization import NeedsCUDAError
 from modules.sft_module import SFTModule
 from tests.factories import QA_RECORDS, TYPED_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl

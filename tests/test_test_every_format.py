@@ -161,3 +161,23 @@ def test_sft_test_on_an_unlabelled_file_stops_before_the_model_loads(tiny_model_
     unlabelled = write_records(tmp_path / "unlabelled.json", [{"question": "Capital of Italy?"}], True)
     with pytest.raises(ValueError, match=r"unlabelled.json, record 1: no answer to train on"):
         main(["test", "--config", config, "--data.test_path", unlabelled])
+
+
+@pytest.mark.parametrize("record_format, monitor", [("qa", "val/qa/f1"), ("math", "val/math/accuracy")])
+def test_fit_keeps_the_best_checkpoint_by_the_formats_metric(record_format, monitor, tiny_model_dir, tmp_path):
+    """The QA user keeps the best checkpoint by SQuAD F1, the maths user by boxed-answer accuracy."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_app.cli import SFTCLI
+
+    records, name, as_list, _ = FORMATS[record_format]
+    data = write_records(tmp_path / name, records, as_list)
+    cli = SFTCLI(args=["fit", "--config", write_test_config(tmp_path, tiny_model_dir, record_format),
+                       "--data.train_path", data, "--data.val_path", data, "--data.batch_size", "1",
+                       "--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--trainer.precision", "32-true",
+                       "--val_answers.num_records", "2", "--checkpoint.monitor", monitor, "--checkpoint.mode", "max",
+                       "--merge.enabled", "false"])
+    events = EventAccumulator(str(tmp_path / "runs" / record_format / "version_0")).Reload()
+    scores = events.Scalars(monitor)
+    assert len(scores) == 2 and all(0.0 <= point.value <= 1.0 for point in scores)
+    assert float(cli.trainer.checkpoint_callback.best_model_score) == max(point.value for point in scores)
