@@ -13,9 +13,11 @@ True
 """
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-Message = dict[str, str]
+Message = dict[str, Any]
+"""``role`` and ``content``; assistant turns may add ``tool_calls`` and ``reasoning_content``, tool turns
+``tool_call_id`` and ``name`` (all given to the chat template as they are)."""
 
 QuestionType = Literal["choice", "code-generate", "generic-generate", "math", "qa", "think"]
 """What a record asks for: it picks the generation settings and, by default, the metric."""
@@ -73,6 +75,8 @@ class Record:
     source: str
     location: str
     """Where a person finds the record: ``line 7`` (JSON Lines, CSV) or ``record 3`` (JSON list, parquet)."""
+    tools: list[dict] | None = None
+    """Tool (function) schemas the conversation may call, given to the chat template (``messages``, ``sharegpt``)."""
 
     @property
     def labelled(self) -> bool:

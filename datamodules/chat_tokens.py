@@ -36,31 +36,34 @@ class TemplateNotPrefixStableError(ValueError):
     """The chat template renders an earlier turn differently once later turns follow it."""
 
 
-def render_ids(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = False) -> list[int]:
-    """The tokenizer's own rendering of ``messages`` as token ids."""
+def render_ids(tokenizer: Any, messages: list[Message], add_generation_prompt: bool = False,
+               tools: list[dict] | None = None) -> list[int]:
+    """The tokenizer's own rendering of ``messages`` (and the ``tools`` they may call) as token ids."""
     rendered = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt
+        messages, tools=tools, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt
     )
     return list(rendered["input_ids"])
 
 
-def prompt_ids_for_generation(tokenizer: Any, prompt_messages: list[Message]) -> list[int]:
+def prompt_ids_for_generation(tokenizer: Any, prompt_messages: list[Message],
+                              tools: list[dict] | None = None) -> list[int]:
     """Token ids a model continues from to answer ``prompt_messages`` (same rendering as training)."""
-    return render_ids(tokenizer, prompt_messages, add_generation_prompt=True)
+    return render_ids(tokenizer, prompt_messages, add_generation_prompt=True, tools=tools)
 
 
 def trained_turn_indices(messages: list[Message], train_on: str) -> list[int]:
-    """Indices of the assistant messages whose tokens are trained."""
+    """Indices of the assistant messages whose tokens are trained (tool calls included; tool results never)."""
     if train_on not in TRAIN_ON_CHOICES:
         raise ValueError(f"train_on must be one of {TRAIN_ON_CHOICES}, got '{train_on}'")
     assistant_turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
     return assistant_turns[-1:] if train_on == "last_assistant" else assistant_turns
 
 
-def _turn_span(tokenizer: Any, messages: list[Message], turn: int, full_ids: list[int]) -> tuple[int, int]:
+def _turn_span(tokenizer: Any, messages: list[Message], turn: int, full_ids: list[int],
+               tools: list[dict] | None = None) -> tuple[int, int]:
     """Start and end (exclusive) in ``full_ids`` of the tokens trained for assistant turn ``turn``."""
-    prompt_ids = render_ids(tokenizer, messages[:turn], add_generation_prompt=True)
-    through_turn_ids = render_ids(tokenizer, messages[: turn + 1])
+    prompt_ids = render_ids(tokenizer, messages[:turn], add_generation_prompt=True, tools=tools)
+    through_turn_ids = render_ids(tokenizer, messages[: turn + 1], tools=tools)
     if full_ids[: len(through_turn_ids)] != through_turn_ids:
         raise TemplateNotPrefixStableError(
             f"the chat template renders the conversation up to assistant turn {turn} differently once later "
@@ -72,13 +75,13 @@ def _turn_span(tokenizer: Any, messages: list[Message], turn: int, full_ids: lis
 
 
 def tokenize_conversation(
-    tokenizer: Any, messages: list[Message], train_on: str = "all_assistant"
+    tokenizer: Any, messages: list[Message], train_on: str = "all_assistant", tools: list[dict] | None = None
 ) -> dict[str, list[int]]:
     """``input_ids`` of the whole conversation and ``labels`` that are -100 except on trained tokens."""
-    full_ids = render_ids(tokenizer, messages)
+    full_ids = render_ids(tokenizer, messages, tools=tools)
     labels = [IGNORE_INDEX] * len(full_ids)
     for turn in trained_turn_indices(messages, train_on):
-        start, end = _turn_span(tokenizer, messages, turn, full_ids)
+        start, end = _turn_span(tokenizer, messages, turn, full_ids, tools)
         labels[start:end] = full_ids[start:end]
     return {"input_ids": full_ids, "labels": labels}
 

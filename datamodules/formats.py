@@ -1,7 +1,8 @@
 """Record formats: one pure function per format turns a record into chat messages.
 
-Every format ends up as the same thing, a list of ``{"role", "content"}`` messages, so that one
-piece of code (``chat_tokens.py``) renders and masks all of them. A record without its answer
+Every format ends up as the same thing, a list of ``{"role", "content"}`` messages (assistant turns
+may also carry ``tool_calls`` and ``reasoning_content``, tool turns ``tool_call_id`` and ``name``), so
+that one piece of code (``chat_tokens.py``) renders and masks all of them. A record without its answer
 (a user's test set) yields the messages up to the last user turn; the prompt for generation is
 rendered from exactly those messages, the same way training renders them.
 
@@ -12,20 +13,32 @@ differ needs YAML, not code.
 [{'role': 'user', 'content': '2+2?'}, {'role': 'assistant', 'content': '4'}]
 """
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, get_args
 
 from core.errors import MissingFieldError
 from core.record import Message
 
-Format = Literal["typed", "messages", "prompt_completion", "instruction", "qa", "math", "think"]
+Format = Literal["typed", "messages", "sharegpt", "prompt_completion", "instruction", "qa", "math", "think"]
 FORMATS: tuple[str, ...] = get_args(Format)
 ROLES = ("system", "user", "assistant", "tool")  # what chat templates know; a typo would be rendered as a role
+# Besides role and content, what a turn of that role keeps for the chat template (tool calling, reasoning).
+EXTRA_KEYS = {"assistant": ("tool_calls", "reasoning_content"), "tool": ("tool_call_id", "name")}
+
+SpeakerRole = Literal["system", "user", "assistant", "tool", "function_call"]
+"""What a ShareGPT speaker is: a role, or ``function_call`` (an assistant turn whose value is a tool call)."""
+SHAREGPT_ROLES: dict[str, str] = {
+    "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+    "tool": "tool", "observation": "tool", "function": "tool", "function_call": "function_call",
+}
+FORMATS_WITH_TOOLS = ("messages", "sharegpt")  # formats whose records may give a ``tools`` list
 TYPED_QUESTION_TYPES = ("choice", "code-generate", "generic-generate", "math")
 
 # The question type of every record of a format without a ``type`` field.
 FORMAT_QUESTION_TYPES = {
     "messages": "generic-generate",
+    "sharegpt": "generic-generate",
     "prompt_completion": "generic-generate",
     "instruction": "generic-generate",
     "qa": "qa",
@@ -108,23 +121,121 @@ def from_typed(fields: FieldReader) -> list[Message]:
     return _user_assistant(typed_prompt(fields), _answer_or_none(fields, "answer"))
 
 
+def _parse_json_text(value: Any) -> Any:
+    """OpenAI and LLaMA-Factory files give tool arguments and tool lists as JSON text; templates want objects."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _without_nulls(value: Any) -> Any:
+    """Drops null entries of objects, at any depth: a table file (parquet, arrow) gives every object the
+    keys of all its siblings in the file, the missing ones as null."""
+    if isinstance(value, Mapping):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
+
+
+def _tool_calls(calls: Any, key: str, position: int) -> list[dict]:
+    """``[{"type": "function", "function": {"name", "arguments"}}]`` (OpenAI), arguments as an object."""
+    if not isinstance(calls, list) or not all(isinstance(call, Mapping) for call in calls):
+        raise MissingFieldError(key, f"message {position}'s tool_calls must be a list of objects")
+    cleaned = []
+    for call in map(_without_nulls, calls):
+        function = dict(call.get("function", call))  # {name, arguments} alone is accepted too
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise MissingFieldError(key, f"message {position} has a tool call without a function name")
+        function["arguments"] = _without_nulls(_parse_json_text(function.get("arguments", {})))
+        cleaned.append({**{k: v for k, v in call.items() if k not in ("name", "arguments")},
+                        "type": call.get("type", "function"), "function": function})
+    return cleaned
+
+
+def _check_turn(message: Any, position: int, key: str) -> Message:
+    """One conversation turn, checked, with the keys its role keeps (tool calls, reasoning)."""
+    if not isinstance(message, Mapping) or "role" not in message:
+        raise MissingFieldError(key, f"message {position} needs 'role' and 'content'")
+    role = message["role"]
+    if role not in ROLES:
+        raise MissingFieldError(key, f"message {position} has role {role!r}, expected one of {', '.join(ROLES)}")
+    has_calls = role == "assistant" and message.get("tool_calls")
+    content = message.get("content")
+    if content is None and has_calls:
+        content = ""  # a turn that only calls tools
+    if "content" not in message and not has_calls:
+        raise MissingFieldError(key, f"message {position} needs 'role' and 'content'")
+    if not isinstance(content, str):
+        raise MissingFieldError(key, f"message {position}'s content must be a string")
+    turn: Message = {"role": role, "content": content}
+    for extra in EXTRA_KEYS.get(role, ()):
+        if message.get(extra) is not None:
+            turn[extra] = message[extra]
+    if has_calls:
+        turn["tool_calls"] = _tool_calls(message["tool_calls"], key, position)
+    return turn
+
+
+def _checked_conversation(turns: list, key: str) -> list[Message]:
+    messages = [_check_turn(message, position, key) for position, message in enumerate(turns)]
+    first_turn = next((m["role"] for m in messages if m["role"] != "system"), None)
+    if first_turn == "assistant":
+        raise MissingFieldError(key, "the conversation starts with an assistant turn: "
+                                "a user message must come first (a system message may precede it)")
+    return messages
+
+
 def from_messages(fields: FieldReader) -> list[Message]:
     messages = fields.get("messages")
     if not isinstance(messages, list) or not messages:
         raise MissingFieldError(fields.key("messages"), "expected a non-empty list of {role, content}")
-    for position, message in enumerate(messages):
-        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-            raise MissingFieldError(fields.key("messages"), f"message {position} needs 'role' and 'content'")
-        if message["role"] not in ROLES:
-            raise MissingFieldError(fields.key("messages"),
-                                    f"message {position} has role {message['role']!r}, expected one of {', '.join(ROLES)}")
-        if not isinstance(message["content"], str):
-            raise MissingFieldError(fields.key("messages"), f"message {position}'s content must be a string")
-    first_turn = next((m["role"] for m in messages if m["role"] != "system"), None)
-    if first_turn == "assistant":
-        raise MissingFieldError(fields.key("messages"), "the conversation starts with an assistant turn: "
-                                "a user message must come first (a system message may precede it)")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return _checked_conversation(messages, fields.key("messages"))
+
+
+def _sharegpt_turn(turn: Any, position: int, fields: FieldReader, speakers: Mapping[str, str]) -> dict:
+    """``{from, value}`` → ``{role, content}``; a ``function_call`` value is the JSON of the call(s)."""
+    key, speaker_key, value_key = fields.key("conversations"), fields.key("from"), fields.key("value")
+    if not isinstance(turn, Mapping) or not isinstance(turn.get(value_key), str):
+        raise MissingFieldError(key, f"turn {position} needs '{speaker_key}' and a string '{value_key}'")
+    speaker = turn.get(speaker_key)
+    if speaker not in speakers:
+        raise MissingFieldError(key, f"turn {position} is from {speaker!r}, expected one of {', '.join(speakers)} "
+                                "(map other speakers with --data.roles, e.g. '{bot: assistant}')")
+    if speakers[speaker] != "function_call":
+        return {"role": speakers[speaker], "content": turn[value_key]}
+    calls = _parse_json_text(turn[value_key])
+    return {"role": "assistant", "content": "", "tool_calls": calls if isinstance(calls, list) else [calls]}
+
+
+def from_sharegpt(fields: FieldReader, roles: Mapping[str, str] | None = None) -> list[Message]:
+    """ShareGPT / LLaMA-Factory: ``conversations: [{from, value}]``, optional ``system`` and ``tools``.
+
+    >>> from_sharegpt(FieldReader({"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]}),
+    ...               roles={"bot": "assistant"})
+    [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'yo'}]
+    """
+    turns = fields.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise MissingFieldError(fields.key("conversations"), "expected a non-empty list of {from, value}")
+    speakers = {**SHAREGPT_ROLES, **(roles or {})}
+    messages = [_sharegpt_turn(turn, position, fields, speakers) for position, turn in enumerate(turns)]
+    if fields.has("system") and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": fields.text("system")})
+    return _checked_conversation(messages, fields.key("conversations"))
+
+
+def tools_of(fields: FieldReader, record_format: str) -> list[dict] | None:
+    """A record's ``tools`` (JSON schemas of the functions it may call), for the chat template; None if absent."""
+    if record_format not in FORMATS_WITH_TOOLS or not fields.has("tools"):
+        return None
+    tools = _parse_json_text(fields.get("tools"))
+    if not isinstance(tools, list) or not all(isinstance(tool, Mapping) for tool in tools):
+        raise MissingFieldError(fields.key("tools"), "expected a list of tool schemas (objects), or its JSON text")
+    return _without_nulls(tools) or None
 
 
 def from_prompt_completion(fields: FieldReader) -> list[Message]:
@@ -185,6 +296,7 @@ def from_think(fields: FieldReader) -> list[Message]:
 CONVERTERS: dict[str, Callable[[FieldReader], list[Message]]] = {
     "typed": from_typed,
     "messages": from_messages,
+    "sharegpt": from_sharegpt,
     "prompt_completion": from_prompt_completion,
     "instruction": from_instruction,
     "qa": from_qa,
@@ -198,11 +310,14 @@ def to_messages(
     record_format: str,
     renames: Mapping[str, str] | None = None,
     system_prompt: str | None = None,
+    roles: Mapping[str, str] | None = None,
 ) -> list[Message]:
-    """Turn one record into chat messages; a configured system prompt goes first unless one exists."""
+    """Turn one record into chat messages; a configured system prompt goes first unless one exists.
+    ``roles`` maps ShareGPT speaker names to roles, over the usual ones (``SHAREGPT_ROLES``)."""
     if record_format not in CONVERTERS:
         raise ValueError(f"unknown data format '{record_format}': choose one of {', '.join(FORMATS)}")
-    messages = CONVERTERS[record_format](FieldReader(record, renames))
+    fields = FieldReader(record, renames)
+    messages = from_sharegpt(fields, roles) if record_format == "sharegpt" else CONVERTERS[record_format](fields)
     if system_prompt and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system_prompt}] + messages
     return messages

@@ -17,7 +17,7 @@ from typing import Any
 
 from core.errors import MissingFieldError, RecordError
 from core.record import DEFAULT_METRIC, Record
-from datamodules.formats import FORMAT_QUESTION_TYPES, FieldReader, split_prompt, to_messages
+from datamodules.formats import FORMAT_QUESTION_TYPES, FieldReader, split_prompt, to_messages, tools_of
 from datamodules.records import RowLocator, load_records
 from datamodules.references import reference_of
 
@@ -34,6 +34,8 @@ class ConversationSpec:
     train_on: str = "all_assistant"
     metric: str | None = None
     """Overrides the metric each record's type implies (``core.record.DEFAULT_METRIC``)."""
+    roles: Mapping[str, str] = field(default_factory=dict)
+    """ShareGPT speaker name → role, over the usual names (``formats.SHAREGPT_ROLES``)."""
 
 
 def _record_id(fields: FieldReader, row_index: int) -> str:
@@ -55,7 +57,8 @@ def normalize_row(row: Mapping[str, Any], row_index: int, spec: ConversationSpec
     location = locator.describe(row_index)
     fields = FieldReader(row, spec.renames)
     try:
-        messages = to_messages(row, spec.record_format, spec.renames, spec.system_prompt)
+        messages = to_messages(row, spec.record_format, spec.renames, spec.system_prompt, spec.roles)
+        tools = tools_of(fields, spec.record_format)
         question_type = _question_type(fields, spec.record_format)
         reference = reference_of(fields, spec.record_format, messages)
         record_id = _record_id(fields, row_index)
@@ -63,7 +66,7 @@ def normalize_row(row: Mapping[str, Any], row_index: int, spec: ConversationSpec
         raise RecordError(locator.source, location, str(error)) from None
     return Record(id=record_id, type=question_type, metric=spec.metric or DEFAULT_METRIC[question_type],
                   messages=messages, prompt_messages=split_prompt(messages), reference=reference,
-                  source=locator.source, location=location)
+                  source=locator.source, location=location, tools=tools)
 
 
 def normalize_records(rows: Iterable[Mapping[str, Any]], spec: ConversationSpec, source: str) -> list[Record]:

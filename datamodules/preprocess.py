@@ -6,6 +6,7 @@ Prompt examples (for generation) carry ``prompt_ids`` rendered by the same chat-
 Both carry what the heads need from the record: its id, type, number of options and gold option.
 """
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,13 +53,20 @@ def _head_fields(record: Record, row_index: int) -> dict:
 
 
 def _records_dataset(records: list[Record], messages_of) -> datasets.Dataset:
-    """One row per record: the messages to render plus the head fields, in input order."""
-    rows = [{"messages": messages_of(record), **_head_fields(record, index)} for index, record in enumerate(records)]
+    """One row per record: the conversation to render plus the head fields, in input order.
+
+    The conversation travels as JSON text: arrow would give every message the keys of all others
+    (``tool_calls: null`` on plain turns) and every tool-call argument object those of all others."""
+    rows = [{"conversation": json.dumps({"messages": messages_of(record), "tools": record.tools}),
+             **_head_fields(record, index)} for index, record in enumerate(records)]
     return datasets.Dataset.from_list(rows)
 
 
 def _training_row(row, tokenizer, train_on: str, max_length: int | None):
-    example, was_truncated = truncate(tokenize_conversation(tokenizer, row["messages"], train_on), max_length)
+    conversation = json.loads(row["conversation"])
+    example, was_truncated = truncate(
+        tokenize_conversation(tokenizer, conversation["messages"], train_on, conversation["tools"]), max_length
+    )
     return {
         **example,
         "answer_position": answer_position(example["labels"]),
@@ -82,7 +90,7 @@ def build_training_examples(
     tokenized = _records_dataset(records, lambda record: record.messages).map(
         _training_row,
         fn_kwargs={"tokenizer": tokenizer, "train_on": train_on, "max_length": max_length},
-        remove_columns=["messages"],
+        remove_columns=["conversation"],
         keep_in_memory=True,
         desc=f"Tokenizing {source}",
     )
@@ -106,7 +114,8 @@ def _stats(tokenized: datasets.Dataset, kept: datasets.Dataset) -> TokenStats:
 
 
 def _prompt_row(row, tokenizer):
-    return {"prompt_ids": prompt_ids_for_generation(tokenizer, row["messages"])}
+    conversation = json.loads(row["conversation"])
+    return {"prompt_ids": prompt_ids_for_generation(tokenizer, conversation["messages"], conversation["tools"])}
 
 
 def build_prompt_examples(records: list[Record], tokenizer: Any, source: str) -> datasets.Dataset:
@@ -114,7 +123,7 @@ def build_prompt_examples(records: list[Record], tokenizer: Any, source: str) ->
     return _records_dataset(records, lambda record: record.prompt_messages).map(
         _prompt_row,
         fn_kwargs={"tokenizer": tokenizer},
-        remove_columns=["messages"],
+        remove_columns=["conversation"],
         keep_in_memory=True,
         desc=f"Rendering prompts of {source}",
     )

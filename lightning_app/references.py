@@ -1,6 +1,6 @@
 """Labelled records for ``sft score`` and ``sft report``, read exactly as training reads them.
 
-The format, field renames, system prompt and metric come from a config's ``data`` section
+The format, field renames, ShareGPT roles, system prompt and metric come from a config's ``data`` section
 (``--config``) and/or ``--data.format`` / ``--data.fields`` / ``--data.metric`` flags, so an
 answers file made elsewhere is scored with the same records ``sft test`` would use.
 """
@@ -22,6 +22,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data.fields", dest="fields", help='field renames as JSON, e.g. \'{"question": "Q"}\'')
     parser.add_argument("--data.metric", dest="metric", choices=METRICS, help="override the metric of every record")
     parser.add_argument("--data.system_prompt", dest="system_prompt", help="system message put first")
+    parser.add_argument("--data.roles", dest="roles", help='ShareGPT speaker names as JSON, e.g. \'{"bot": "assistant"}\'')
 
 
 def _config_data(config_path: str | None) -> dict:
@@ -35,9 +36,10 @@ def spec_from_arguments(args: argparse.Namespace) -> ConversationSpec:
     """Flags win over the config's data section, which wins over the defaults."""
     data = _config_data(args.config)
     fields = json.loads(args.fields) if args.fields else data.get("fields") or {}
+    roles = json.loads(args.roles) if args.roles else data.get("roles") or {}
     return ConversationSpec(record_format=args.format or data.get("format") or "typed", renames=fields,
                             system_prompt=args.system_prompt or data.get("system_prompt"),
-                            metric=args.metric or data.get("metric"))
+                            metric=args.metric or data.get("metric"), roles=roles)
 
 
 def reference_records(args: argparse.Namespace) -> list[Record]:

@@ -4,7 +4,7 @@ The tokenizer is loaded by ``core/tokenizer.py`` from the same resolved name, so
 """
 
 import tempfile
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -18,26 +18,47 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,
-                   quantization: str | None = None, init_from_config: bool = False):
+                   quantization: str | None = None, init_from_config: bool = False,
+                   config_overrides: dict[str, Any] | None = None):
     """The causal LM in ``dtype`` (float32, bfloat16, float16 or auto); with ``quantization``
     (``4bit`` or ``8bit``) its linear weights are quantized by bitsandbytes on the current GPU.
-    With ``init_from_config`` its weights are random, in the architecture of its config.json."""
+    With ``init_from_config`` its weights are random, in the architecture of its config.json.
+    ``config_overrides`` replace settings of its config.json (``rope_scaling``, ``max_position_embeddings``)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
     quantization_config = bitsandbytes_config(quantization)  # no CUDA: stops here, before any download
     resolved = resolve_model_path(name_or_path)
     try:
+        config = model_config(resolved, config_overrides)
         if init_from_config:
-            return random_causal_lm(resolved, dtype, attn_implementation, quantization_config)
+            return random_causal_lm(resolved, dtype, attn_implementation, quantization_config, config)
         return AutoModelForCausalLM.from_pretrained(
-            resolved, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+            resolved, config=config, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
             quantization_config=quantization_config,
         )
     except OSError as error:
         raise explain_load_error(name_or_path, "model", error) from error
 
 
-def random_causal_lm(folder: str, dtype: str, attn_implementation: str | None, quantization_config=None):
+def model_config(folder: str, overrides: dict[str, Any] | None = None):
+    """The folder's config with ``overrides`` applied. An object updates the config's object of that
+    name rather than replacing it: ``rope_scaling: {rope_type: linear, factor: 2}`` keeps ``rope_theta``."""
+    config = AutoConfig.from_pretrained(folder)
+    if not overrides:
+        return config
+    unknown = sorted(key for key in overrides if not hasattr(config, key))
+    if unknown:
+        raise ValueError(
+            f"model.config_overrides: {', '.join(map(repr, unknown))} is not a setting of {type(config).__name__} "
+            f"(the model's config.json); its settings include {', '.join(sorted(config.to_diff_dict())[:12])} ..."
+        )
+    merged = {key: {**getattr(config, key), **value} if isinstance(value, dict) and isinstance(getattr(config, key), dict)
+              else value for key, value in overrides.items()}
+    return AutoConfig.from_pretrained(folder, **merged)
+
+
+def random_causal_lm(folder: str, dtype: str, attn_implementation: str | None, quantization_config=None,
+                     config=None):
     """A causal LM with random weights (transformers' own initialisation, so ``seed_everything`` fixes
     them) in the architecture of ``folder``'s config.json; no weight file is read. For speed and
     memory benchmarks: the figures do not depend on the weights' values.
@@ -46,7 +67,7 @@ def random_causal_lm(folder: str, dtype: str, attn_implementation: str | None, q
     model is written once to a temporary folder and loaded back from there: the result is exactly
     what a quantized load of real weights gives (``Linear4bit`` layers, ``is_loaded_in_4bit``).
     """
-    config = AutoConfig.from_pretrained(folder)
+    config = config if config is not None else AutoConfig.from_pretrained(folder)
     options = {"dtype": DTYPES[dtype]} if dtype != "auto" else {}  # unset: the config's own dtype, as "auto" means
     if attn_implementation is not None:  # unset: transformers' choice, as from_pretrained makes it
         options["attn_implementation"] = attn_implementation

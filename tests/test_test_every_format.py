@@ -1,4 +1,4 @@
-"""`sft test` and `sft score` on a small file of each of the seven formats, in its users' layouts
+"""`sft test` and `sft score` on a small file of each of the eight formats, in its users' layouts
 (../shared/SCENARIOS.md): no ids in the QA list, Math500's unique_id, Alpaca history, think traces.
 
 Each format is scored by the metric that fits it; answers are keyed by the file's own id or the
@@ -36,6 +36,11 @@ MESSAGES = [
                   {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye"}]},
 ]
 PROMPT_COMPLETION = [{"prompt": "Colour of the sky?", "completion": "blue"}, {"prompt": "1+2?", "completion": "3"}]
+SHAREGPT = [
+    {"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]},
+    {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+                       {"from": "gpt", "value": "Hello"}]},
+]
 TYPED = [
     {"id": "c1", "type": "choice", "prompt": "Even?", "choices": {"A": "3", "B": "4"}, "answer": "B"},
     {"id": "g1", "type": "generic-generate", "prompt": "Plural of mouse?", "answer": "mice"},
@@ -50,11 +55,12 @@ FORMATS = {
     "messages": (MESSAGES, "chat.jsonl", False, {"generic-generate": {"rouge1", "rouge2", "rougeL", "exact_match"}}),
     "prompt_completion": (PROMPT_COMPLETION, "pc.jsonl", False,
                           {"generic-generate": {"rouge1", "rouge2", "rougeL", "exact_match"}}),
+    "sharegpt": (SHAREGPT, "sharegpt.json", True, {"generic-generate": {"rouge1", "rouge2", "rougeL", "exact_match"}}),
     "typed": (TYPED, "typed.jsonl", False, {"choice": {"accuracy"}, "generic-generate": {"rouge1", "exact_match"}}),
 }
 EXPECTED_IDS = {
     "qa": ["0", "1"], "math": ["test/a/1.json", "test/a/2.json"], "instruction": ["0", "1"], "think": ["0", "1"],
-    "messages": ["0", "1"], "prompt_completion": ["0", "1"], "typed": ["c1", "g1"],
+    "messages": ["0", "1"], "prompt_completion": ["0", "1"], "sharegpt": ["0", "1"], "typed": ["c1", "g1"],
 }
 
 
@@ -132,6 +138,17 @@ def test_score_think_reads_the_answer_after_the_think_block(tmp_path):
 def test_score_messages_compares_the_last_assistant_turn(tmp_path):
     metrics = score(tmp_path, "messages", ["4", "Hello"])  # the second conversation's last answer is "Goodbye"
     assert metrics["generic-generate"]["exact_match"] == 0.5
+
+
+def test_score_sharegpt_with_custom_speaker_names(tmp_path):
+    renamed = [{"conversations": [{"from": "asker", "value": "2+2?"}, {"from": "bot", "value": "4"}]}]
+    references = write_records(tmp_path / "custom.jsonl", renamed, False)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"id": "0", "content": "4"}\n')
+    out = tmp_path / "metrics.json"
+    main(["score", "--predictions", str(answers), "--references", references, "--data.format", "sharegpt",
+          "--data.roles", '{"asker": "user", "bot": "assistant"}', "--out", str(out)])
+    assert json.loads(out.read_text())["generic-generate"]["exact_match"] == 1.0
 
 
 def test_score_metric_override_and_renames_from_a_config(tmp_path):
