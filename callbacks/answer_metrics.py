@@ -3,7 +3,10 @@
 The module's ``test_step`` returns its answers; this callback collects them, scores them with the
 same code as ``sft score`` (so a run and an external answers file are measured identically), logs
 every number to TensorBoard as ``test/<type>/<metric>``, writes ``metrics.json`` and the answers
-into the run directory, and prints the table.
+into the run directory, and prints the table. Each batch's answers are also appended to
+``test_answers/answers.partial.jsonl`` as it finishes (``evaluation/answer_journal.py``): a killed
+test keeps them, and a rerun into the same folder (``--answer_metrics.output_dir``) answers only the
+rest; the journal is removed once ``metrics.json`` is written.
 """
 
 from pathlib import Path
@@ -11,50 +14,92 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 
 from evaluation.answer_files import ordered_answers, write_answers
+from evaluation.answer_journal import JOURNAL_NAME, AnswerJournal, answer_settings
+
+FOLDER_OPTION = "--answer_metrics.output_dir"
 
 
 class AnswerMetrics(Callback):
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, output_dir: str | None = None):
         """
         Args:
             enabled: Generate and score answers during ``sft test`` (off: test loss only).
+            output_dir: Where ``metrics.json`` and ``test_answers/`` go (default: the run's log directory,
+                new each run). A rerun with the same folder after an interruption answers only the records
+                not yet answered (``test/loss`` then covers only those; the scores cover every record).
         """
         self.enabled = enabled
-        self.answers: list[dict] = []
+        self.output_dir = output_dir
+        self.journal: AnswerJournal | None = None
+        self.earlier_answers: list[dict] = []  # found in the journal of an interrupted run
+        self.answers: list[list[dict]] = []  # this run's, one list a batch
         self.metrics: dict = {}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Runs after the data module read the test file and before the model loads: a test file
-        without answers stops here, not after every answer was generated."""
-        if stage == "test" and self.enabled and trainer.datamodule is not None:
-            from evaluation.scoring import check_scorable
+        without answers stops here, not after every answer was generated. Records an interrupted run
+        into the same folder answered are not asked again."""
+        if stage != "test" or not self.enabled or trainer.datamodule is None:
+            return
+        from evaluation.scoring import check_scorable
 
-            check_scorable(trainer.datamodule.records("test"))
+        check_scorable(trainer.datamodule.records("test"))
+        self.journal = AnswerJournal(self._run_dir(trainer) / "test_answers" / JOURNAL_NAME)
+        self.earlier_answers, self.metrics = self.journal.answers(), {}
+        if self.earlier_answers:
+            trainer.datamodule.skip_answered("test", {row["id"] for row in self.earlier_answers})
+            print(f"resuming: {len(self.earlier_answers)} answers found in {self.journal.path}, answering the rest")
 
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
+    def on_test_start(self, trainer, pl_module) -> None:
+        """The checkpoint is restored by now: the journal's answers must come from these settings."""
         self.answers = []
+        if self.journal is not None and trainer.global_rank == 0:
+            self.journal.start(answer_settings(trainer, pl_module, "test"), FOLDER_OPTION)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self.enabled and outputs:
             self.answers.append(outputs)
+            if self.journal is not None and trainer.global_rank == 0:
+                self.journal.append(outputs)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if not self.enabled or not self.answers or trainer.datamodule is None:
+        if not self.enabled or trainer.datamodule is None or not (self.answers or self.earlier_answers):
             return
-        from evaluation.scoring import format_metrics_table, numeric_items, score_records
+        from evaluation.scoring import numeric_items
 
-        rows = ordered_answers(self.answers)
-        self.metrics = score_records({row["id"]: row["content"] for row in rows}, trainer.datamodule.records("test"))
+        rows = ordered_answers([self.earlier_answers, *self.answers])
+        self._score(trainer, rows)
         for name, value in numeric_items(self.metrics):
             pl_module.log(f"test/{name}", value, batch_size=1)
         if trainer.global_rank == 0:
-            self._write(Path(trainer.log_dir or "."), rows)
-            print(format_metrics_table(self.metrics))
+            self._write(self._run_dir(trainer), rows)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        """Every record was answered before this run (so the loop never started): score and write now
+        (no TensorBoard numbers: there is no test epoch to log them in)."""
+        if stage != "test" or self.journal is None or self.metrics or trainer.global_rank != 0:
+            return
+        expected = set(trainer.datamodule.answering_examples("test")["id"])
+        if expected and expected <= {row["id"] for row in self.earlier_answers}:
+            self.journal.start(answer_settings(trainer, pl_module, "test"), FOLDER_OPTION)
+            rows = ordered_answers([self.earlier_answers])
+            self._score(trainer, rows)
+            self._write(self._run_dir(trainer), rows)
+
+    def _run_dir(self, trainer) -> Path:
+        return Path(self.output_dir or trainer.log_dir or ".")
+
+    def _score(self, trainer, rows: list[dict]) -> None:
+        from evaluation.scoring import score_records
+
+        self.metrics = score_records({row["id"]: row["content"] for row in rows}, trainer.datamodule.records("test"))
 
     def _write(self, run_dir: Path, rows: list[dict]) -> None:
-        from evaluation.scoring import write_metrics
+        from evaluation.scoring import format_metrics_table, write_metrics
 
         answers_path = write_answers(rows, run_dir / "test_answers")
         metrics_path = run_dir / "metrics.json"
         write_metrics(self.metrics, metrics_path)
+        self.journal.remove()
+        print(format_metrics_table(self.metrics))
         print(f"test metrics written: {metrics_path} (answers: {answers_path})")

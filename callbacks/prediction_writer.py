@@ -1,7 +1,10 @@
 """Writes ``sft predict`` answers: ``predictions.json`` in the seed project's format, plus jsonl.
 
-Answers are put back in input order (every id once) and written to a temporary file that is then
-renamed, so an interrupted run never leaves a half-written answers file.
+Each batch's answers are appended to ``answers.partial.jsonl`` in the output folder as the batch
+finishes (``evaluation/answer_journal.py``), so a killed run keeps them; a rerun into the same folder
+(``--predictions.output_dir``) leaves the answered records out and generates only the rest. At the
+end, every answer (this run's and the journal's) is put back in input order, written to temporary
+files that are then renamed, and the journal is removed.
 """
 
 from pathlib import Path
@@ -9,23 +12,63 @@ from pathlib import Path
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from evaluation.answer_files import ordered_answers, write_answers
+from evaluation.answer_journal import JOURNAL_NAME, AnswerJournal, answer_settings
+
+FOLDER_OPTION = "--predictions.output_dir"
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Collects all answers at the end of ``predict`` and writes them into the run directory."""
+    """Appends each batch's answers to a journal and writes the answer files at the end of ``predict``."""
 
     def __init__(self, output_dir: str | None = None):
         """
         Args:
-            output_dir: Where to write the answers (default: the run's log directory).
+            output_dir: Where to write the answers (default: the run's log directory, new each run). A rerun
+                with the same folder after an interruption answers only the records not yet answered.
         """
-        super().__init__(write_interval="epoch")
+        super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.written_path: Path | None = None
+        self.journal: AnswerJournal | None = None
 
-    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        if trainer.global_rank != 0:
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """After the data module read the predict file: answers a previous run left are not asked again."""
+        super().setup(trainer, pl_module, stage)
+        if stage != "predict":
             return
+        self.journal = AnswerJournal(Path(self.output_dir or trainer.log_dir or ".") / JOURNAL_NAME)
+        self.written_path = None
+        answered = self.journal.answered_ids()
+        if answered and trainer.datamodule is not None:
+            trainer.datamodule.skip_answered("predict", answered)
+            print(f"resuming: {len(answered)} answers found in {self.journal.path}, answering the rest")
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        """The checkpoint is restored by now: the journal's answers must come from these settings."""
+        if trainer.global_rank == 0:
+            self.journal.start(answer_settings(trainer, pl_module, "predict"), FOLDER_OPTION)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        if trainer.global_rank == 0:
+            self.journal.append(prediction)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if trainer.global_rank == 0:
+            self._write(trainer)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        """Every record was answered before this run (so the loop never started): write the files now."""
+        if stage == "predict" and trainer.global_rank == 0 and self.written_path is None and self._all_answered(trainer):
+            self.journal.start(answer_settings(trainer, pl_module, "predict"), FOLDER_OPTION)
+            self._write(trainer)
+
+    def _all_answered(self, trainer) -> bool:
+        if self.journal is None or trainer.datamodule is None:
+            return False
+        return set(trainer.datamodule.answering_examples("predict")["id"]) <= self.journal.answered_ids()
+
+    def _write(self, trainer) -> None:
         output_dir = Path(self.output_dir or trainer.log_dir or ".")
-        self.written_path = write_answers(ordered_answers(predictions), output_dir)
+        self.written_path = write_answers(ordered_answers([self.journal.answers()]), output_dir)
+        self.journal.remove()
         print(f"answers written: {self.written_path} (and predictions.jsonl beside it)")

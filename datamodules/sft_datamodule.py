@@ -1,5 +1,7 @@
 """The LightningDataModule: record files → chat-template tokens with answer-only labels."""
 
+from dataclasses import asdict
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -15,7 +17,8 @@ from datamodules.batching import (
 from datamodules.collate import PromptCollator, training_collator
 from core.record import Metric, Record
 from datamodules.chat_tokens import TrainOn
-from datamodules.formats import Format
+from datamodules.formats import Format, SpeakerRole
+from datamodules.mixing import Mixture, TrainSource, check_sources, read_mixture
 from datamodules.normalize import ConversationSpec, read_records
 from datamodules.preprocess import TokenStats, build_prompt_examples, build_training_examples
 from core.tokenizer import load_tokenizer
@@ -24,12 +27,13 @@ from core.tokenizer import load_tokenizer
 class SFTDataModule(L.LightningDataModule):
     def __init__(
         self,
-        train_path: str | None = None,
+        train_path: str | list[TrainSource] | None = None,
         val_path: str | None = None,
         test_path: str | None = None,
         predict_path: str | None = None,
         format: Format = "typed",
         fields: dict[str, str] | None = None,
+        roles: dict[str, SpeakerRole] | None = None,
         system_prompt: str | None = None,
         train_on: TrainOn = "all_assistant",
         metric: Metric | None = None,
@@ -42,12 +46,16 @@ class SFTDataModule(L.LightningDataModule):
     ):
         """
         Args:
-            train_path: Training records: a .jsonl/.json/.parquet/.csv file, or a hub dataset name.
+            train_path: Training records: a .jsonl/.json/.parquet/.csv file, or a hub dataset name; or a
+                list of {path, format, fields, roles, weight} sources, each read in its own format and
+                mixed by weight (seeded by the run's seed; the mixture stops when one source runs out).
             val_path: Validation records (same format), for the validation loss.
             test_path: Labelled test records, for ``sft test``.
             predict_path: Records to answer with ``sft predict`` (answers may be absent).
-            format: Record format: typed, messages, prompt_completion, instruction, qa, math, think.
+            format: Record format: typed, messages, sharegpt, prompt_completion, instruction, qa, math, think.
             fields: Renames from the format's field names to your data's keys, e.g. {question: Question}.
+            roles: ShareGPT speaker names → roles (system, user, assistant, tool, function_call), over the
+                usual ones (human, gpt, observation, function_call ...), e.g. {bot: assistant}.
             system_prompt: A system message put first in every conversation that has none.
             train_on: Train every assistant turn of a conversation, or only the last one.
             metric: How answers are scored (choice, code, math, rouge, squad, think); default: by the
@@ -60,8 +68,15 @@ class SFTDataModule(L.LightningDataModule):
             tokenizer_name_or_path: Set from model.model_name_or_path; do not set it in YAML.
         """
         super().__init__()
+        if isinstance(train_path, list):  # saved as plain dicts: LightningCLI reads checkpoints with weights_only
+            train_path = [asdict(s) if isinstance(s, TrainSource) else dict(s) for s in train_path]
         self.save_hyperparameters()
-        self.spec = ConversationSpec(format, dict(fields or {}), system_prompt, train_on, metric)
+        self.spec = ConversationSpec(format, dict(fields or {}), system_prompt, train_on, metric, dict(roles or {}))
+        self.train_sources = None  # a list: a mixture of sources, each with its own format
+        if isinstance(train_path, list):
+            self.train_sources = [TrainSource(**source) for source in train_path]
+            check_sources(self.train_sources)
+        self.mixture: Mixture | None = None
         self.paths = {"train": train_path, "val": val_path, "test": test_path, "predict": predict_path}
         self.max_length = max_length
         self.batch_size = batch_size
@@ -73,6 +88,7 @@ class SFTDataModule(L.LightningDataModule):
         self._records: dict[str, list[Record]] = {}
         self.examples: dict = {}
         self.token_stats: dict[str, TokenStats] = {}
+        self.answered_before: dict[str, set[str]] = {}  # predict/test ids an interrupted run answered
 
     @property
     def tokenizer(self):
@@ -86,12 +102,18 @@ class SFTDataModule(L.LightningDataModule):
         path = self.paths[split]
         if not path:
             raise ValueError(f"no {split} data: set --data.{split}_path")
+        if split == "train" and self.train_sources is not None:  # a mixture of training sources
+            return " + ".join(source.path for source in self.train_sources)
         return path
 
     def records(self, split: str) -> list[Record]:
         """The split's records, read and validated once: what training, answering and scoring share."""
         if split not in self._records:
-            self._records[split] = read_records(self.split_path(split), self.spec)
+            if split == "train" and isinstance(self.train_sources, list):
+                self.mixture = read_mixture(self.train_sources, self.spec, seed=torch.initial_seed())
+                self._records[split] = self.mixture.records
+            else:
+                self._records[split] = read_records(self.split_path(split), self.spec)
         return self._records[split]
 
     def training_examples(self, split: str):
@@ -103,6 +125,8 @@ class SFTDataModule(L.LightningDataModule):
             )
             self.examples[split], self.token_stats[split] = examples, stats
             rank_zero_info(stats.summary(split))
+            if split == "train" and self.mixture is not None:
+                rank_zero_info(self.mixture.summary(split))
         return self.examples[split]
 
     def prompt_examples(self, split: str = "predict"):
@@ -154,9 +178,14 @@ class SFTDataModule(L.LightningDataModule):
             return []
         return self._loader(self.training_examples("val"), self.eval_batch_size, self.collator_for_training())
 
-    def answering_loader(self, examples, collate_fn) -> DataLoader:
-        """Batches of one question type each, for the splits whose answers are generated."""
+    def answering_loader(self, examples, collate_fn, answered: set[str] = frozenset()) -> DataLoader:
+        """Batches of one question type each, for the splits whose answers are generated; records in
+        ``answered`` are left out (an interrupted run's whole batches: the rest batch as before)."""
         batches = TypeGroupedBatchSampler(examples["record_type"], self.eval_batch_size)
+        if answered:
+            ids = examples["id"]
+            batches.batches = [kept for rows in batches.batches
+                               if (kept := [row for row in rows if ids[row] not in answered])]
         return DataLoader(examples.with_format(None), batch_sampler=batches, collate_fn=collate_fn,
                           num_workers=self.num_workers)
 
@@ -167,12 +196,22 @@ class SFTDataModule(L.LightningDataModule):
             examples = examples.select(range(min(num_records, len(examples))))
         return self.answering_loader(examples, self.collator_for_training())
 
+    def answering_examples(self, split: str):
+        """What ``sft predict`` (prompts) or ``sft test`` (labelled examples) answers, in input order."""
+        return self.prompt_examples(split) if split == "predict" else self.training_examples(split)
+
+    def skip_answered(self, split: str, record_ids: set[str]) -> None:
+        """Leave records already answered (by an interrupted run into the same folder) out of the split's loader."""
+        self.answered_before[split] = set(record_ids)
+
     def test_dataloader(self):
-        return self.answering_loader(self.training_examples("test"), self.collator_for_training())
+        return self.answering_loader(self.answering_examples("test"), self.collator_for_training(),
+                                     self.answered_before.get("test", set()))
 
     def predict_dataloader(self):
         collator = PromptCollator(pad_token_id=self.tokenizer.pad_token_id)
-        return self.answering_loader(self.prompt_examples("predict"), collator)
+        return self.answering_loader(self.answering_examples("predict"), collator,
+                                     self.answered_before.get("predict", set()))
 
     def collator_for_training(self):
         """Right-padded sequences with answer-only labels, plus the head fields (train/val/test)."""

@@ -2,14 +2,16 @@
 
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from callbacks.answer_metrics import AnswerMetrics
+from callbacks.checkpoint import SFTCheckpoint
 from callbacks.data_stats import DataStatsLogger
 from callbacks.memory import MemoryMonitor
 from callbacks.merge_adapters import MergeAdapters
+from callbacks.numerics import Numerics
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.run_summary import RunSummary
 from callbacks.throughput import SFTThroughputMonitor
@@ -29,7 +31,8 @@ TRAINER_DEFAULTS = {
 
 # Callbacks every run has; each is configured under its key (e.g. --merge.enabled false).
 ALWAYS_ON_CALLBACKS = {
-    "checkpoint": ModelCheckpoint,
+    "checkpoint": SFTCheckpoint,  # ModelCheckpoint + last.ckpt on SIGTERM and mid-epoch whatever the monitor
+    "numerics": Numerics,
     "lr_monitor": LearningRateMonitor,
     "predictions": PredictionWriter,
     "data_stats": DataStatsLogger,

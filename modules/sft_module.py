@@ -6,12 +6,15 @@ Read top to bottom: 1. build (in ``configure_model``, so ``sft inspect`` never l
 5. checkpoints (PEFT runs save only the trainable weights), 6. optimizer and schedule.
 """
 
+from typing import Any
+
 import lightning as L
 import peft
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftConfig
+from transformers.integrations.neftune import activate_neftune
 
 from core.embedded import resolve_model_path
 from core.step_loss import check_window, trained_tokens_in, undo_accumulation_scaling
@@ -42,6 +45,8 @@ class SFTModule(L.LightningModule):
         head: Head | None = None,
         dtype: Dtype = "float32",
         attn_implementation: str | None = None,
+        config_overrides: dict[str, Any] | None = None,
+        neftune_alpha: float | None = None,
         gradient_checkpointing: bool = False,
         quantization: Quantization | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -61,6 +66,11 @@ class SFTModule(L.LightningModule):
             head: The output head; default the causal-LM head.
             dtype: Weights' dtype when loading.
             attn_implementation: eager, sdpa, flash_attention_2 ... (default: transformers' choice).
+            config_overrides: Settings of the model's config.json replaced at load time, e.g.
+                {rope_parameters: {rope_type: linear, factor: 2.0}, max_position_embeddings: 4096}; an unknown
+                key is an error. Give the same to predict and test (they are not saved in the checkpoint).
+            neftune_alpha: NEFTune: uniform noise of magnitude alpha/sqrt(seq_len * hidden_size) added to
+                the input embeddings in training only (transformers' hook; the paper uses 5); none = off.
             gradient_checkpointing: Recompute activations in backward to save memory.
             quantization: Load the frozen base in 4 bits (QLoRA: NF4, double quantization, bfloat16
                 compute) or 8 bits with bitsandbytes, to fit bigger models in GPU memory; needs a
@@ -90,6 +100,10 @@ class SFTModule(L.LightningModule):
         self.head = head if head is not None else LMHead()
         self.dtype_name = dtype
         self.attn_implementation = attn_implementation
+        if neftune_alpha is not None and not neftune_alpha > 0:
+            raise ValueError(f"model.neftune_alpha must be > 0 (the paper uses 5), got {neftune_alpha}")
+        self.config_overrides = config_overrides
+        self.neftune_alpha = neftune_alpha
         self.gradient_checkpointing = gradient_checkpointing
         self.quantization = quantization
         self.optimizer_factory = optimizer
@@ -115,9 +129,12 @@ class SFTModule(L.LightningModule):
         if self.model is not None:
             return
         model = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation,
-                               quantization=self.quantization, init_from_config=self.init_from_config)
+                               quantization=self.quantization, init_from_config=self.init_from_config,
+                               config_overrides=self.config_overrides)
         self._prepare_for_training(model)
         self.model = apply_peft(model, self.peft_config)
+        if self.neftune_alpha is not None:  # the hook adds noise only while the embeddings are in train mode
+            activate_neftune(self.model, self.neftune_alpha)
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
         self.head.setup(self.model, self.tokenizer)
         restore_choice_head(self.head, resolve_model_path(self.model_name_or_path))
@@ -171,10 +188,14 @@ class SFTModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """All micro-batches of the step are in: log its losses (one point per optimizer step; the
-        epoch value is the mean step loss), for every head and whatever each part is a mean over."""
-        for name, value in self._step_losses.items():
+        epoch value is the mean step loss), for every head and whatever each part is a mean over.
+        A non-finite step is left out: the numerics callback stops the run on it, or skips the step
+        (then the epoch mean stays the mean of the steps that were taken)."""
+        step_losses, self._step_losses = self._step_losses, {}
+        if not all(torch.isfinite(value).all() for value in step_losses.values()):
+            return
+        for name, value in step_losses.items():
             self.log(f"train/{name}", value, batch_size=1, on_step=True, on_epoch=True, prog_bar=(name == "loss"))
-        self._step_losses = {}
 
     def _count_tokens(self, batch: dict, batch_tokens: int) -> None:
         self.tokens_seen += int(batch["attention_mask"].sum())

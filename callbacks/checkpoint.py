@@ -1,0 +1,91 @@
+"""The run's checkpoints: Lightning's ``ModelCheckpoint`` plus two things a long run needs.
+
+1. **Preemption.** Schedulers preempt with SIGTERM. Lightning's signal connector only records it
+   (``trainer.received_sigterm``; SLURM's requeue is the one case it handles) and its loops raise
+   ``SIGTERMException`` at the end of the current training batch (or evaluation batch), which
+   exits with status 0 and no checkpoint. Here ``on_exception`` saves ``last.ckpt`` first (written
+   under another name and renamed, so a kill during the write leaves the previous one intact),
+   prints one line, and the process exits with 143, the shell's code for "ended by SIGTERM"
+   (so ``sft fit ... && sft test ...`` does not go on with a half-trained model).
+
+   The save lands between optimizer steps: optimizer and weights are as the last step left them.
+   A SIGTERM inside an accumulation window drops that window's gradients, and the module's
+   ``on_save_checkpoint`` (``modules/resume.py``) counts the epoch's batches up to the last step
+   only, so the resumed run replays the window's micro-batches (``--ckpt_path last``).
+
+2. **Mid-epoch ``last.ckpt`` whatever the monitor.** With ``every_n_train_steps`` and a monitor
+   logged only by validation (``val/loss``), ``ModelCheckpoint.on_train_batch_end`` holds the whole
+   save until validation has run (``_defer_save_until_validation``): a run killed before the
+   epoch's validation has no mid-epoch checkpoint at all. ``last.ckpt`` needs no metric, so it is
+   written at once; the held top-k save still happens after validation, as before.
+"""
+
+import os
+import sys
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+
+
+class SFTCheckpoint(ModelCheckpoint):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._held_last_saved_at: int | None = None  # global step of the last early last.ckpt
+
+    @property
+    def state_key(self) -> str:
+        """ModelCheckpoint's key: checkpoints written before this subclass existed resume with their state."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    # 1. Preemption ----------------------------------------------------------------------------
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            super().on_exception(trainer, pl_module, exception)  # --checkpoint.save_on_exception
+            return
+        exception.code = PREEMPTED_EXIT_CODE  # Lightning's SIGTERMException exits with 0 otherwise
+        if trainer.state.fn != TrainerFn.FITTING or trainer.global_step == 0 or self.dirpath is None:
+            _say(trainer, f"sft: stopped by SIGTERM at global step {trainer.global_step}; nothing trained to save")
+            return
+        path = self._save_last_atomically(trainer)
+        _say(trainer, f"sft fit: stopped by SIGTERM at global step {trainer.global_step}; saved {path} "
+             "(resume with --ckpt_path last)")
+
+    def _save_last_atomically(self, trainer) -> str:
+        path = self.format_checkpoint_name(self._monitor_candidates(trainer), self.CHECKPOINT_NAME_LAST)
+        self.last_model_path = path  # part of the saved state, as ModelCheckpoint sets it
+        partial = f"{path}.partial"  # not last*.ckpt: `--ckpt_path last` never picks a half-written file
+        trainer.save_checkpoint(partial, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(partial, path)
+        trainer.strategy.barrier()
+        return path
+
+    # 2. Mid-epoch last.ckpt -----------------------------------------------------------------------
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._last_held_for_the_monitor(trainer):
+            saved_at = self._last_global_step_saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            # Keep ModelCheckpoint's own record: it skips a save at a step it has saved at, and the
+            # held top-k save after validation may fall on this very step.
+            self._last_global_step_saved = saved_at
+            self._held_last_saved_at = trainer.global_step
+
+    def _last_held_for_the_monitor(self, trainer) -> bool:
+        """A step-interval save is due at this step and ModelCheckpoint is holding it for the monitor."""
+        return (
+            bool(self.save_last)
+            and self._every_n_train_steps >= 1
+            and trainer.global_step % self._every_n_train_steps == 0
+            and self._defer_save_until_validation
+            and self._held_last_saved_at != trainer.global_step  # once a step, not once a micro-batch
+            and not self._should_skip_saving_checkpoint(trainer)  # sanity check, fast_dev_run, saved
+        )
+
+
+def _say(trainer, line: str) -> None:
+    if trainer.is_global_zero:
+        print(line, file=sys.stderr, flush=True)
