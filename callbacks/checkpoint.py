@@ -18,10 +18,20 @@
    save until validation has run (``_defer_save_until_validation``): a run killed before the
    epoch's validation has no mid-epoch checkpoint at all. ``last.ckpt`` needs no metric, so it is
    written at once; the held top-k save still happens after validation, as before.
+
+3. **Every save is atomic.** Lightning's ``_atomic_save`` (lightning/fabric/utilities/cloud_io.py)
+   serialises to memory, writes a ``tempfile.mkstemp()`` file in the system temp directory and
+   moves it into place (fsspec's transaction): a rename only where that directory and the run's are
+   on one filesystem. Where they are not (``/tmp`` on a local disk or in memory, runs on a shared
+   one: the usual cluster), the move is a copy, and a SIGKILL during it leaves a truncated
+   ``last.ckpt`` (and a stray file in ``/tmp``). Here every checkpoint is written as
+   ``<name>.partial`` beside its final name and renamed with ``os.replace``, which is atomic:
+   a kill at any moment leaves the previous ``last.ckpt`` whole.
 """
 
 import os
 import sys
+from weakref import proxy
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
@@ -56,11 +66,7 @@ class SFTCheckpoint(ModelCheckpoint):
     def _save_last_atomically(self, trainer) -> str:
         path = self.format_checkpoint_name(self._monitor_candidates(trainer), self.CHECKPOINT_NAME_LAST)
         self.last_model_path = path  # part of the saved state, as ModelCheckpoint sets it
-        partial = f"{path}.partial"  # not last*.ckpt: `--ckpt_path last` never picks a half-written file
-        trainer.save_checkpoint(partial, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(partial, path)
-        trainer.strategy.barrier()
+        _write_then_rename(trainer, path, self.save_weights_only)
         return path
 
     # 2. Mid-epoch last.ckpt -----------------------------------------------------------------------
@@ -84,6 +90,25 @@ class SFTCheckpoint(ModelCheckpoint):
             and self._held_last_saved_at != trainer.global_step  # once a step, not once a micro-batch
             and not self._should_skip_saving_checkpoint(trainer)  # sanity check, fast_dev_run, saved
         )
+
+
+    # 3. Atomic saves ------------------------------------------------------------------------------
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        """ModelCheckpoint's save (last and top-k alike), written under another name and renamed."""
+        _write_then_rename(trainer, filepath, self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+
+def _write_then_rename(trainer, path: str, weights_only: bool) -> None:
+    partial = f"{path}.partial"  # not *.ckpt: `--ckpt_path last` never picks a half-written file
+    trainer.save_checkpoint(partial, weights_only)
+    if trainer.is_global_zero:
+        os.replace(partial, path)  # atomic on one filesystem, and partial sits beside path
+    trainer.strategy.barrier()
 
 
 def _say(trainer, line: str) -> None:

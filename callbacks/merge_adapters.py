@@ -59,7 +59,7 @@ def best_checkpoint_path(trainer) -> str | None:
 def load_checkpoint_weights(module, checkpoint_path: str) -> None:
     """Load a checkpoint's weights into ``module``: non-strict (PEFT ones hold only trainable
     weights), with every checkpoint key checked to exist in the module."""
-    # weights_only=False: a Lightning checkpoint of this very run also holds loop state and hparams.
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["state_dict"]
+    # weights_only=True: loop state and hparams of this project's checkpoints are plain containers.
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
     check_checkpoint_keys(module, state)
     module.load_state_dict(state, strict=False)

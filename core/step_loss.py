@@ -2,8 +2,8 @@
 
 Averaging the loss per micro-batch and then over micro-batches weights a short answer's tokens
 more than a long one's; the right loss divides the summed token losses of all micro-batches of an
-optimizer step by the number of trained tokens in all of them. Everything that agreement needs
-lives here, and nowhere else:
+optimizer step, on every data-parallel rank, by the number of trained tokens in all of them.
+Everything that agreement needs lives here, and nowhere else:
 
 1. counting trained tokens (``trained_tokens_in``);
 2. the step's divisors: that number is only known once every micro-batch of the step has been
@@ -14,7 +14,14 @@ lives here, and nowhere else:
    accumulation (``check_window``): a ``GradientAccumulationScheduler`` changing it mid-run would
    otherwise give silently wrong losses;
 5. undoing Lightning's own division by ``accumulate_grad_batches`` (``undo_accumulation_scaling``):
-   each micro-batch's loss is already its share of the step's mean.
+   each micro-batch's loss is already its share of the step's mean;
+6. data parallelism (DDP, one process per device): each rank's loader stamps its own totals, so on
+   the first micro-batch of every window all ranks add theirs up in one all-reduce
+   (``summed_over_ranks``); each rank's loss is then its share of the mean over every rank's
+   tokens, and DDP's averaging of gradients over ranks is undone (``undo_rank_averaging``), so a
+   token weighs the same whichever rank trained it. The step's logged loss is the ranks' shares
+   added up (``step_losses_over_ranks``). A run on W ranks with micro-batch b takes the same steps
+   as one process accumulating W micro-batches of b (see ``datamodules.batching``).
 
 The stamps:
 
@@ -22,12 +29,14 @@ The stamps:
 - ``step_lm_tokens``: trained tokens of the rows that are not choice questions (the multi head
   sends choice rows to the choice head, so their letters are not LM targets there);
 - ``step_choice_records``: choice rows (the choice head's loss is a mean over records);
-- ``step_window_capacity``: the accumulation the window was read ahead with.
+- ``step_tokens``: real (not padding) tokens of all rows, counted in ``tokens_seen``;
+- ``step_window_capacity``: the accumulation the window was read ahead with;
+- ``step_window_position``: the micro-batch's place in its window (0 first).
 
 Lives in ``core`` because both sides need it: the data module wraps its loader, the heads divide.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -35,6 +44,7 @@ import torch
 from core.constants import IGNORE_INDEX
 
 STEP_DIVISORS = ("step_trained_tokens", "step_lm_tokens", "step_choice_records")
+STEP_TOTALS = (*STEP_DIVISORS, "step_tokens")  # what the ranks add up, in one all-reduce
 
 
 class AccumulationMismatchError(RuntimeError):
@@ -54,6 +64,7 @@ def step_totals(window: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "step_trained_tokens": torch.tensor(sum(trained_tokens_in(batch) for batch in window)),
         "step_lm_tokens": torch.tensor(sum(trained_tokens_in(b, ~rows) for b, rows in zip(window, choice_rows))),
         "step_choice_records": torch.tensor(sum(int(rows.sum()) for rows in choice_rows)),
+        "step_tokens": torch.tensor(sum(int(batch["attention_mask"].sum()) for batch in window)),
     }
 
 
@@ -85,8 +96,8 @@ class StepTokenCounts(Iterable):
 
     def _stamped(self, window: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         totals = step_totals(window)
-        for batch in window:
-            batch.update(totals, step_window_capacity=self.accumulate_grad_batches)
+        for position, batch in enumerate(window):
+            batch.update(totals, step_window_capacity=self.accumulate_grad_batches, step_window_position=position)
             yield batch
 
 
@@ -112,3 +123,39 @@ def undo_accumulation_scaling(loss: torch.Tensor, accumulate_grad_batches: int) 
     """Lightning divides each micro-batch's loss by ``accumulate_grad_batches``; ours is already its
     share of the step's mean, so it is multiplied back."""
     return loss * accumulate_grad_batches
+
+
+# 6. Data parallelism ---------------------------------------------------------------------------
+SumOverRanks = Callable[[torch.Tensor], torch.Tensor]  # e.g. strategy.reduce(tensor, reduce_op="sum")
+
+
+def starts_window(batch: dict[str, Any]) -> bool:
+    """The first micro-batch of its optimizer step's window (where the ranks add up their totals)."""
+    return int(batch["step_window_position"]) == 0
+
+
+def summed_over_ranks(batch: dict[str, Any], sum_over_ranks: SumOverRanks) -> dict[str, torch.Tensor]:
+    """The window's stamped totals added up over every data-parallel rank, in one collective.
+
+    Every rank must call this on the first micro-batch of every window (each rank takes as many
+    micro-batches an epoch, so they do); with one process ``sum_over_ranks`` returns its input.
+    """
+    stacked = torch.stack([torch.as_tensor(batch[name]) for name in STEP_TOTALS])  # (totals,)
+    return dict(zip(STEP_TOTALS, sum_over_ranks(stacked).unbind()))
+
+
+def undo_rank_averaging(loss: torch.Tensor, world_size: int) -> torch.Tensor:
+    """DDP averages gradients over ranks; each rank's loss is already its share of the mean over every
+    rank's tokens, so the shares must add up: multiplied by the number of ranks."""
+    return loss * world_size
+
+
+def step_losses_over_ranks(step_losses: dict[str, torch.Tensor],
+                           sum_over_ranks: SumOverRanks) -> dict[str, torch.Tensor]:
+    """The step's losses over every rank: each rank holds its share of each mean, so they add up
+    (one collective; every rank must call it at every optimizer step, with the same names)."""
+    if not step_losses:
+        return {}
+    names = sorted(step_losses)
+    stacked = torch.stack([step_losses[name].float() for name in names])  # (losses,)
+    return dict(zip(names, sum_over_ranks(stacked).unbind()))

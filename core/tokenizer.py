@@ -22,11 +22,12 @@ def explain_load_error(name_or_path: str, what: str, error: Exception) -> ModelL
     )
 
 
-def load_tokenizer(name_or_path: str):
-    """The tokenizer with its chat template; a missing pad token falls back to the EOS token."""
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The tokenizer with its chat template; a missing pad token falls back to the EOS token.
+    ``trust_remote_code`` runs a tokenizer class shipped as Python with the model: off unless asked."""
     resolved = resolve_model_path(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise explain_load_error(name_or_path, "tokenizer", error) from error
     if tokenizer.chat_template is None:

@@ -8,7 +8,11 @@ import json
 from pathlib import Path
 
 from core.constants import IGNORE_INDEX
+from core.errors import RecordError
 from core.files import write_text_atomically
+from datamodules.mixing import source_spec
+from datamodules.normalize import record_errors
+from datamodules.records import load_records
 
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 
@@ -53,3 +57,18 @@ def inspect_split(datamodule, split: str, show: int, dump: str | None) -> None:
     if dump:
         dump_examples(datamodule.tokenizer, examples, dump)
         print(f"wrote {len(examples)} examples to {dump}")
+
+
+def split_errors(datamodule, split: str, limit: int) -> list[RecordError]:
+    """Every bad record of the split's file(s), at most ``limit`` in all (each file of a mixture checked
+    with its own format and renames)."""
+    if split == "train" and datamodule.train_sources is not None:
+        files = [(source.path, source_spec(source, datamodule.spec)) for source in datamodule.train_sources]
+    else:
+        files = [(datamodule.split_path(split), datamodule.spec)]
+    errors: list[RecordError] = []
+    for path, spec in files:
+        errors += record_errors(load_records(path), spec, path, limit - len(errors))
+        if len(errors) >= limit:
+            break
+    return errors

@@ -77,13 +77,46 @@ def normalize_records(rows: Iterable[Mapping[str, Any]], spec: ConversationSpec,
     for row_index, row in enumerate(rows):
         record = normalize_row(row, row_index, spec, locator)
         if record.id in first_seen:
-            raise RecordError(source, record.location,
-                              f"id '{record.id}' appears again (first at {first_seen[record.id]}); ids must be unique")
+            raise _repeated_id(source, record, first_seen)
         first_seen[record.id] = record.location
         records.append(record)
     if not records:
         raise RecordError(source, "whole file", "no records in this file")
     return records
+
+
+def record_errors(rows: Iterable[Mapping[str, Any]], spec: ConversationSpec, source: str,
+                  limit: int = 20) -> list[RecordError]:
+    """Every problem ``normalize_records`` would stop at, in file order, at most ``limit``: what
+    ``sft inspect`` lists, so a file is fixed in one pass rather than one error per run.
+
+    >>> [error.location for error in record_errors([{"question": "?"}, {"answer": "4"}], ConversationSpec("qa"), "qa.json")]
+    ['record 0', 'record 1']
+    """
+    locator = RowLocator(source)
+    errors: list[RecordError] = []
+    first_seen: dict[str, str] = {}
+    rows_seen = 0
+    for row_index, row in enumerate(rows):
+        rows_seen += 1
+        try:
+            record = normalize_row(row, row_index, spec, locator)
+        except RecordError as error:
+            errors.append(error)
+        else:
+            if record.id in first_seen:
+                errors.append(_repeated_id(source, record, first_seen))
+            first_seen.setdefault(record.id, record.location)
+        if len(errors) >= limit:
+            break
+    if not rows_seen:
+        errors.append(RecordError(source, "whole file", "no records in this file"))
+    return errors
+
+
+def _repeated_id(source: str, record: Record, first_seen: dict[str, str]) -> RecordError:
+    return RecordError(source, record.location,
+                       f"id '{record.id}' appears again (first at {first_seen[record.id]}); ids must be unique")
 
 
 def read_records(path_or_name: str, spec: ConversationSpec) -> list[Record]:

@@ -9,10 +9,12 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from callbacks.answer_metrics import AnswerMetrics
 from callbacks.checkpoint import SFTCheckpoint
 from callbacks.data_stats import DataStatsLogger
+from callbacks.exact_resume import ExactResume
 from callbacks.memory import MemoryMonitor
 from callbacks.merge_adapters import MergeAdapters
 from callbacks.numerics import Numerics
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.progress import ProgressReport
 from callbacks.run_summary import RunSummary
 from callbacks.throughput import SFTThroughputMonitor
 from callbacks.validation_answers import ValidationAnswers
@@ -33,6 +35,7 @@ TRAINER_DEFAULTS = {
 ALWAYS_ON_CALLBACKS = {
     "checkpoint": SFTCheckpoint,  # ModelCheckpoint + last.ckpt on SIGTERM and mid-epoch whatever the monitor
     "numerics": Numerics,
+    "exact_resume": ExactResume,  # random state in checkpoints: a resumed fit draws the same dropout masks
     "lr_monitor": LearningRateMonitor,
     "predictions": PredictionWriter,
     "data_stats": DataStatsLogger,
@@ -42,6 +45,7 @@ ALWAYS_ON_CALLBACKS = {
     "memory": MemoryMonitor,
     "throughput": SFTThroughputMonitor,
     "run_summary": RunSummary,
+    "progress": ProgressReport,  # tokens/s and ETA in the bar; plain lines when stdout is not a terminal
 }
 
 
@@ -101,6 +105,8 @@ class SFTCLI(LightningCLI):
                 raise SystemExit(f"sft fit: {reason}")
 
     def after_fit(self) -> None:
-        checkpoint_dir = self.trainer.checkpoint_callback.dirpath
-        print(f"checkpoints: {checkpoint_dir}")
-        print(f"TensorBoard logs: {self.trainer.log_dir}  (view: tensorboard --logdir {Path(self.trainer.log_dir).parent})")
+        # trainer.log_dir is a broadcast under DDP: every rank asks (once), only rank 0 prints.
+        log_dir = self.trainer.log_dir
+        say = rank_zero_only(print)
+        say(f"checkpoints: {self.trainer.checkpoint_callback.dirpath}")
+        say(f"TensorBoard logs: {log_dir}  (view: tensorboard --logdir {Path(log_dir).parent})")

@@ -1,8 +1,9 @@
 """Small commands beside LightningCLI's own: ``sft inspect`` and ``sft fetch-model``."""
 
 import argparse
+import sys
 
-from datamodules.inspect import inspect_split
+from datamodules.inspect import inspect_split, split_errors
 
 
 def inspect_command(argv: list[str]) -> None:
@@ -11,10 +12,19 @@ def inspect_command(argv: list[str]) -> None:
     parser.add_argument("--show", type=int, default=3, help="examples to print with trained tokens marked")
     parser.add_argument("--dump", help="write every example's input_ids, labels and text to this jsonl")
     parser.add_argument("--split", default="train", choices=["train", "val", "test"])
+    parser.add_argument("--max-errors", type=int, default=20,
+                        help="bad records to list (one line each) before stopping; any bad record exits with 2")
     own_args, cli_args = parser.parse_known_args(argv)
     from lightning_app.cli import SFTCLI  # imported late: fetch-model must not pay for Lightning's import
 
     cli = SFTCLI(args=cli_args, run=False)
+    errors = split_errors(cli.datamodule, own_args.split, own_args.max_errors)
+    if errors:
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        more = " (the first ones; raise --max-errors to list more)" if len(errors) >= own_args.max_errors else ""
+        print(f"sft inspect: {len(errors)} bad record(s){more}; fix them and run again", file=sys.stderr)
+        raise SystemExit(2)  # as console_main exits on bad input
     inspect_split(cli.datamodule, own_args.split, own_args.show, own_args.dump)
 
 
@@ -66,6 +76,13 @@ def compare_command(argv: list[str]) -> None:
     compare(argv)
 
 
+def export_gguf_command(argv: list[str]) -> None:
+    """sft export-gguf RUN/merged --out model.gguf --type f16|q8_0: one GGUF for llama.cpp and Ollama."""
+    from lightning_app.export import export_gguf_command as export_gguf
+
+    export_gguf(argv)
+
+
 def demo_command(argv: list[str]) -> None:
     """sft demo: fit, test tuned and base, predict, report (what `make demo` runs)."""
     from lightning_app.demo import demo_command as demo
@@ -73,8 +90,16 @@ def demo_command(argv: list[str]) -> None:
     demo(argv)
 
 
+def chat_command(argv: list[str]) -> None:
+    """sft chat --config X.yaml [--ckpt_path FILE|last]: a terminal chat, replies streamed."""
+    from lightning_app.chat import chat_command as chat
+
+    chat(argv)
+
+
 EXTRA_COMMANDS = {"inspect": inspect_command, "fetch-model": fetch_model_command, "score": score_command,
-                  "report": report_command, "compare": compare_command, "demo": demo_command}
+                  "report": report_command, "compare": compare_command, "demo": demo_command,
+                  "export-gguf": export_gguf_command, "chat": chat_command}
 
 # One line each for ``sft --help``; LightningCLI's own subcommands first.
 COMMAND_SUMMARIES = {
@@ -88,6 +113,8 @@ COMMAND_SUMMARIES = {
     "report": "base vs tuned: metrics, examples and loss curves as Markdown and HTML",
     "compare": "one table and overlaid loss curves across runs",
     "demo": "fit, test tuned and base, predict, report: what `make demo` runs",
+    "export-gguf": "write a merged folder as one GGUF (f16 or q8_0) for llama.cpp/Ollama, checked by logits",
+    "chat": "talk with a checkpoint or model in the terminal, replies streamed",
 }
 
 

@@ -19,31 +19,35 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,
                    quantization: str | None = None, init_from_config: bool = False,
-                   config_overrides: dict[str, Any] | None = None):
+                   config_overrides: dict[str, Any] | None = None, trust_remote_code: bool = False):
     """The causal LM in ``dtype`` (float32, bfloat16, float16 or auto); with ``quantization``
     (``4bit`` or ``8bit``) its linear weights are quantized by bitsandbytes on the current GPU.
     With ``init_from_config`` its weights are random, in the architecture of its config.json.
-    ``config_overrides`` replace settings of its config.json (``rope_scaling``, ``max_position_embeddings``)."""
+    ``config_overrides`` replace settings of its config.json (``rope_scaling``, ``max_position_embeddings``).
+    ``trust_remote_code`` runs Python files that come with the model (custom architectures): off
+    unless asked, since that code runs with the user's rights. Weights are read from safetensors
+    where the folder has them (transformers' default); a ``.bin``-only model is read with
+    ``torch.load(weights_only=True)``, which transformers 5 always uses."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
     quantization_config = bitsandbytes_config(quantization)  # no CUDA: stops here, before any download
     resolved = resolve_model_path(name_or_path)
     try:
-        config = model_config(resolved, config_overrides)
+        config = model_config(resolved, config_overrides, trust_remote_code)
         if init_from_config:
             return random_causal_lm(resolved, dtype, attn_implementation, quantization_config, config)
         return AutoModelForCausalLM.from_pretrained(
             resolved, config=config, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
-            quantization_config=quantization_config,
+            quantization_config=quantization_config, trust_remote_code=trust_remote_code,
         )
     except OSError as error:
         raise explain_load_error(name_or_path, "model", error) from error
 
 
-def model_config(folder: str, overrides: dict[str, Any] | None = None):
+def model_config(folder: str, overrides: dict[str, Any] | None = None, trust_remote_code: bool = False):
     """The folder's config with ``overrides`` applied. An object updates the config's object of that
     name rather than replacing it: ``rope_scaling: {rope_type: linear, factor: 2}`` keeps ``rope_theta``."""
-    config = AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     if not overrides:
         return config
     unknown = sorted(key for key in overrides if not hasattr(config, key))
@@ -54,7 +58,7 @@ def model_config(folder: str, overrides: dict[str, Any] | None = None):
         )
     merged = {key: {**getattr(config, key), **value} if isinstance(value, dict) and isinstance(getattr(config, key), dict)
               else value for key, value in overrides.items()}
-    return AutoConfig.from_pretrained(folder, **merged)
+    return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **merged)
 
 
 def random_causal_lm(folder: str, dtype: str, attn_implementation: str | None, quantization_config=None,

@@ -54,6 +54,24 @@ def mark_cut_epoch_unfinished(trainer, checkpoint: dict) -> None:
             counts[stage] -= unstepped
 
 
+def count_the_next_epoch(trainer) -> None:
+    """After a restart from a checkpoint saved on an epoch's last batch, start the next epoch as a
+    fresh one (call from ``on_train_start``).
+
+    Such a checkpoint (``every_n_train_steps``, saved in ``on_train_batch_end`` before the epoch's
+    end) restarts "mid-epoch"; ``FitLoop.reset`` then counts the epoch as processed and completed,
+    but ``FitLoop.on_advance_start`` still skips the next epoch's ``increment_ready`` /
+    ``increment_started`` (and its ``on_train_epoch_start`` hooks) because the restart stage says
+    mid-epoch. The next epoch then runs with processed == started, which a later checkpoint reads
+    as a cut epoch (``mark_cut_epoch_unfinished``): resumed from it, the run trained the second
+    epoch's first batches again. Clearing the stage lets Lightning start the epoch as any other.
+    """
+    fit_loop = trainer.fit_loop
+    if (fit_loop.restarted_mid_epoch and fit_loop.epoch_loop.restarted_on_train_batch_end
+            and fit_loop.epoch_loop.batch_progress.is_last_batch):  # the case FitLoop.reset turned into "epoch done"
+        fit_loop.reset_restart_stage()
+
+
 def rebuild_train_loader_after_restore(trainer) -> None:
     """Have the fit loop build the train loader again when it was built before the checkpoint was restored.
 
@@ -104,7 +122,8 @@ class StoppedAt:
 
 def stopped_at(checkpoint_path: str, timer_state_key: str | None = None) -> StoppedAt:
     # mmap: only the few entries read here leave the disk, however large the saved weights.
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
+    # weights_only: a checkpoint of this project holds tensors, numbers, strings and containers only.
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
     epochs = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
     timer_state = checkpoint.get("callbacks", {}).get(timer_state_key, {}) if timer_state_key else {}
     train_seconds = timer_state.get("time_elapsed", {}).get("train")

@@ -17,7 +17,14 @@ from peft import PeftConfig
 from transformers.integrations.neftune import activate_neftune
 
 from core.embedded import resolve_model_path
-from core.step_loss import check_window, trained_tokens_in, undo_accumulation_scaling
+from core.step_loss import (
+    check_window,
+    starts_window,
+    step_losses_over_ranks,
+    summed_over_ranks,
+    undo_accumulation_scaling,
+    undo_rank_averaging,
+)
 from core.tokenizer import load_tokenizer
 from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
 from modules.generation import GenerationPlan, GenerationSettings, default_per_type
@@ -117,6 +124,7 @@ class SFTModule(L.LightningModule):
         self.tokens_seen = 0
         self.trained_tokens_seen = 0
         self._step_losses: dict[str, torch.Tensor] = {}  # summed over the micro-batches of the current step
+        self._step_totals: dict[str, torch.Tensor] = {}  # the current step's totals, over every rank
         # PEFT checkpoints hold only the trainable weights; the frozen base comes from the model.
         self.strict_loading = peft_config is None
 
@@ -178,31 +186,36 @@ class SFTModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         accumulate = self.trainer.accumulate_grad_batches
         check_window(batch, accumulate)
+        if starts_window(batch):  # every rank, once a step: the step's totals over all ranks (core/step_loss.py)
+            self._step_totals = summed_over_ranks(batch, self._sum_over_ranks)
+            self.tokens_seen += int(self._step_totals["step_tokens"])
+            self.trained_tokens_seen += int(self._step_totals["step_trained_tokens"])
+        batch.update(self._step_totals)  # the heads divide by the whole step's totals
         losses = self.head.training_loss(self.model, batch)
         # Each part is this micro-batch's share of the step's mean (its divisor is the whole step's),
         # so the shares of a step's micro-batches add up to the step's loss: logged once it is whole.
         for name, value in losses.items():
             self._step_losses[name] = self._step_losses.get(name, 0.0) + value.detach()
-        self._count_tokens(batch, trained_tokens_in(batch))
-        return undo_accumulation_scaling(losses["loss"], accumulate)
+        return undo_rank_averaging(undo_accumulation_scaling(losses["loss"], accumulate), self.trainer.world_size)
+
+    def _sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")  # one process: the tensor itself
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """All micro-batches of the step are in: log its losses (one point per optimizer step; the
-        epoch value is the mean step loss), for every head and whatever each part is a mean over.
-        A non-finite step is left out: the numerics callback stops the run on it, or skips the step
-        (then the epoch mean stays the mean of the steps that were taken)."""
-        step_losses, self._step_losses = self._step_losses, {}
+        """All micro-batches of the step are in (on every rank): log its losses (one point per
+        optimizer step; the epoch value is the mean step loss), for every head and whatever each part
+        is a mean over, and the tokens seen. A non-finite step is left out: the numerics callback
+        stops the run on it, or skips the step (then the epoch mean stays the mean of the steps that
+        were taken)."""
+        step_losses = step_losses_over_ranks(self._step_losses, self._sum_over_ranks)
+        self._step_losses = {}
+        self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False, batch_size=1)
+        self.log("train/trained_tokens_seen", float(self.trained_tokens_seen), on_step=True, on_epoch=False,
+                 batch_size=1)
         if not all(torch.isfinite(value).all() for value in step_losses.values()):
             return
         for name, value in step_losses.items():
             self.log(f"train/{name}", value, batch_size=1, on_step=True, on_epoch=True, prog_bar=(name == "loss"))
-
-    def _count_tokens(self, batch: dict, batch_tokens: int) -> None:
-        self.tokens_seen += int(batch["attention_mask"].sum())
-        self.trained_tokens_seen += batch_tokens
-        self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False, batch_size=1)
-        self.log("train/trained_tokens_seen", float(self.trained_tokens_seen), on_step=True, on_epoch=False,
-                 batch_size=1)
 
     # 3. Evaluate --------------------------------------------------------------------------------
     def _evaluation_step(self, batch: dict, stage: str) -> None:

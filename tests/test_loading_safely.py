@@ -1,0 +1,27 @@
+"""Code shipped with a model runs only when asked; our own checkpoint reads use weights_only."""
+
+import pytest
+
+import core.tokenizer
+import modules.loading
+from core.tokenizer import load_tokenizer
+from modules.loading import load_causal_lm
+
+
+@pytest.mark.parametrize("asked", [None, True])
+def test_trust_remote_code_is_off_unless_asked(tiny_model_dir, monkeypatch, asked):
+    seen = []
+    for module, auto in ((modules.loading, "AutoModelForCausalLM"), (modules.loading, "AutoConfig"),
+                         (core.tokenizer, "AutoTokenizer")):
+        real = getattr(module, auto).from_pretrained
+
+        def spy(*args, _real=real, _name=auto, **kwargs):
+            seen.append((_name, kwargs.get("trust_remote_code")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(getattr(module, auto), "from_pretrained", spy)
+    options = {} if asked is None else {"trust_remote_code": asked}
+    load_causal_lm(str(tiny_model_dir), **options)
+    load_tokenizer(str(tiny_model_dir), **options)
+    assert {name for name, _ in seen} == {"AutoModelForCausalLM", "AutoConfig", "AutoTokenizer"}
+    assert all(trusted is bool(asked) for _, trusted in seen), seen
