@@ -10,7 +10,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e ".[test,data]"
+	$(BIN)/python -m pip install -q -e ".[test,data,trackers]"
 	touch $(STAMP)
 
 # Fetch SmolLM2-135M-Instruct, fine-tune it with LoRA on the bundled data, score base and tuned on

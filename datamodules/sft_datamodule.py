@@ -43,6 +43,7 @@ class SFTDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         tokenizer_name_or_path: str | None = None,
+        trust_remote_code: bool = False,
     ):
         """
         Args:
@@ -66,6 +67,7 @@ class SFTDataModule(L.LightningDataModule):
             eval_batch_size: Batch size for validation, test and predict (default: batch_size).
             num_workers: DataLoader worker processes.
             tokenizer_name_or_path: Set from model.model_name_or_path; do not set it in YAML.
+            trust_remote_code: Set from model.trust_remote_code; do not set it in YAML.
         """
         super().__init__()
         if isinstance(train_path, list):  # saved as plain dicts: LightningCLI reads checkpoints with weights_only
@@ -84,6 +86,7 @@ class SFTDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.tokenizer_name_or_path = tokenizer_name_or_path
+        self.trust_remote_code = trust_remote_code
         self._tokenizer = None
         self._records: dict[str, list[Record]] = {}
         self.examples: dict = {}
@@ -95,7 +98,7 @@ class SFTDataModule(L.LightningDataModule):
         if self._tokenizer is None:
             if not self.tokenizer_name_or_path:
                 raise ValueError("the data module needs a tokenizer: set model.model_name_or_path")
-            self._tokenizer = load_tokenizer(self.tokenizer_name_or_path)
+            self._tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
         return self._tokenizer
 
     def split_path(self, split: str) -> str:

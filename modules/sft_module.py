@@ -54,6 +54,7 @@ class SFTModule(L.LightningModule):
         attn_implementation: str | None = None,
         config_overrides: dict[str, Any] | None = None,
         neftune_alpha: float | None = None,
+        trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
         quantization: Quantization | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -78,6 +79,8 @@ class SFTModule(L.LightningModule):
                 key is an error. Give the same to predict and test (they are not saved in the checkpoint).
             neftune_alpha: NEFTune: uniform noise of magnitude alpha/sqrt(seq_len * hidden_size) added to
                 the input embeddings in training only (transformers' hook; the paper uses 5); none = off.
+            trust_remote_code: Run the Python code a model folder or hub repo ships (custom
+                architectures or tokenizers); off unless you trust its source. The tokenizer follows.
             gradient_checkpointing: Recompute activations in backward to save memory.
             quantization: Load the frozen base in 4 bits (QLoRA: NF4, double quantization, bfloat16
                 compute) or 8 bits with bitsandbytes, to fit bigger models in GPU memory; needs a
@@ -111,6 +114,7 @@ class SFTModule(L.LightningModule):
             raise ValueError(f"model.neftune_alpha must be > 0 (the paper uses 5), got {neftune_alpha}")
         self.config_overrides = config_overrides
         self.neftune_alpha = neftune_alpha
+        self.trust_remote_code = trust_remote_code
         self.gradient_checkpointing = gradient_checkpointing
         self.quantization = quantization
         self.optimizer_factory = optimizer
@@ -138,7 +142,7 @@ class SFTModule(L.LightningModule):
             return
         model = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation,
                                quantization=self.quantization, init_from_config=self.init_from_config,
-                               config_overrides=self.config_overrides)
+                               config_overrides=self.config_overrides, trust_remote_code=self.trust_remote_code)
         self._prepare_for_training(model)
         self.model = apply_peft(model, self.peft_config)
         if self.neftune_alpha is not None:  # the hook adds noise only while the embeddings are in train mode
@@ -179,7 +183,7 @@ class SFTModule(L.LightningModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.model_name_or_path)
+            self._tokenizer = load_tokenizer(self.model_name_or_path, self.trust_remote_code)
         return self._tokenizer
 
     # 2. Train -----------------------------------------------------------------------------------

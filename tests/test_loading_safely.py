@@ -25,3 +25,15 @@ def test_trust_remote_code_is_off_unless_asked(tiny_model_dir, monkeypatch, aske
     load_tokenizer(str(tiny_model_dir), **options)
     assert {name for name, _ in seen} == {"AutoModelForCausalLM", "AutoConfig", "AutoTokenizer"}
     assert all(trusted is bool(asked) for _, trusted in seen), seen
+
+
+@pytest.mark.parametrize("flag, expected", [([], False), (["--model.trust_remote_code", "true"], True)])
+def test_the_config_option_reaches_model_and_tokenizer(tiny_model_dir, tmp_path, flag, expected):
+    from lightning_app.cli import SFTCLI
+
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"question": "q", "answer": "a"}\n')
+    cli = SFTCLI(args=["--model.model_name_or_path", str(tiny_model_dir), "--data.format", "qa",
+                       "--data.train_path", str(train), "--trainer.logger", "false", *flag], run=False)
+    assert cli.model.trust_remote_code is expected
+    assert cli.datamodule.trust_remote_code is expected  # linked: the tokenizer follows the model
