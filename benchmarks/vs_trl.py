@@ -95,7 +95,7 @@ def run_ours(args) -> dict:
     summary = json.loads((Path(cli.trainer.log_dir) / "summary.json").read_text())
     seconds = summary["epoch_seconds"]
     return {"side": "lightning-sft", "seconds": seconds, "real_tokens": summary["tokens_per_second"] * seconds,
-            "peak_mib": peak_rss_mib(), "final_loss": summary["final_train_loss"],
+            "peak_mib": peak_rss_mib(), "final_loss": summary["last_step_train_loss"],
             "precision": str(cli.trainer.precision)}
 
 
@@ -113,7 +113,7 @@ def measure(side: str, args, work_dir: Path, train_path: Path) -> dict:
 
 def table(results: list[dict], args) -> str:
     trl, ours = results
-    rows = ["| side | precision | real tokens/s | peak RSS (MiB) | final train loss |", "|---|---|---|---|---|"]
+    rows = ["| side | precision | real tokens/s | peak RSS (MiB) | last step loss |", "|---|---|---|---|---|"]
     for result in results:
         speed = result["real_tokens"] / result["seconds"]
         loss = "n/a" if result["final_loss"] is None else f"{result['final_loss']:.4f}"

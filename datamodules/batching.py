@@ -12,10 +12,11 @@ rest in length order, which with one window means one question type after anothe
 """
 
 import math
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -97,21 +98,73 @@ class TypeGroupedBatchSampler(Sampler[list[int]]):
     dominates), so grouping cuts generation time several-fold. Answers are put back in input
     order afterwards by their row index.
 
-    >>> list(TypeGroupedBatchSampler(["a", "b", "a", "a"], 2))
+    Under data parallelism every rank builds the same batches and answers every ``num_replicas``-th
+    one from its ``rank`` on. The last round is made whole by answering the first batches again (as
+    torch's DistributedSampler repeats samples), so every rank takes as many steps: a rank with none
+    would skip the loop and leave the others waiting for it at the end. A repeated batch has the same
+    rows, so the same answers; the answer files keep each id once.
+
+    Rows in ``leave_out`` (answered by an interrupted run) are dropped from their batches, so the
+    rest batch as before.
+
+    >>> TypeGroupedBatchSampler(["a", "b", "a", "a"], 2).batches
     [[0, 2], [3], [1]]
+    >>> TypeGroupedBatchSampler(["a", "b", "a", "a"], 2, num_replicas=2, rank=1).batches
+    [[3], [0, 2]]
+    >>> TypeGroupedBatchSampler(["a", "b", "a", "a"], 2, leave_out={0, 1}).batches
+    [[2], [3]]
     """
 
-    def __init__(self, record_types: list[str], batch_size: int):
-        self.record_types = list(record_types)
+    def __init__(self, record_types: list[str], batch_size: int, num_replicas: int = 1, rank: int = 0,
+                 leave_out: set[int] = frozenset()):
         self.batch_size = batch_size
         rows_by_type: dict[str, list[int]] = {}
-        for row, record_type in enumerate(self.record_types):
+        for row, record_type in enumerate(record_types):
             rows_by_type.setdefault(record_type, []).append(row)
-        self.batches = [rows[i : i + batch_size] for rows in rows_by_type.values()
-                        for i in range(0, len(rows), batch_size)]
+        all_batches = [kept for rows in rows_by_type.values() for i in range(0, len(rows), batch_size)
+                       if (kept := [row for row in rows[i : i + batch_size] if row not in leave_out])]
+        self.batches = rank_share(all_batches, num_replicas, rank)  # what this rank answers
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
+
+
+def rank_share(batches: list, num_replicas: int, rank: int) -> list:
+    """Every ``num_replicas``-th batch from ``rank`` on, the last round made whole from the first batches.
+
+    >>> rank_share(["b0", "b1", "b2"], 2, 0), rank_share(["b0", "b1", "b2"], 2, 1)
+    (['b0', 'b2'], ['b1', 'b0'])
+    """
+    if not batches:
+        return []
+    rounds = math.ceil(len(batches) / num_replicas)
+    whole_rounds = [batches[i % len(batches)] for i in range(rounds * num_replicas)]
+    return whole_rounds[rank::num_replicas]
+
+
+class AnsweringBatches(Iterable):
+    """A DataLoader of ``TypeGroupedBatchSampler`` batches that Lightning iterates as it is.
+
+    Lightning rebuilds a test or predict DataLoader to put a DistributedSampler (under data
+    parallelism) or an index-tracking wrapper (predict) into its batch sampler, which a batch
+    sampler that is not a torch ``BatchSampler`` cannot take: ``sft test`` on two ranks stopped with a
+    TypeError. An iterable that is not a DataLoader is left alone; the sampler takes its rank's share.
+    """
+
+    def __init__(self, dataloader: DataLoader):
+        self.dataloader = dataloader
+        self.batch_sampler, self.dataset = dataloader.batch_sampler, dataloader.dataset  # the progress bar counts them
+
+    def __len__(self) -> int:
+        return len(self.dataloader)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.dataloader)
+
+
+# The answer writers read each answer's row index, not Lightning's batch indices, which only a
+# rebuilt DataLoader has: the warning that they are missing says nothing to act on.
+warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader: `AnsweringBatches`")

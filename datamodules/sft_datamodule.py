@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from core.step_loss import StepTokenCounts
 from datamodules.batching import (
+    AnsweringBatches,
     EpochBatchSampler,
     LengthGroupedBatchSampler,
     TypeGroupedBatchSampler,
@@ -44,6 +45,7 @@ class SFTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         tokenizer_name_or_path: str | None = None,
         trust_remote_code: bool = False,
+        chat_template: str | None = None,
     ):
         """
         Args:
@@ -68,6 +70,7 @@ class SFTDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes.
             tokenizer_name_or_path: Set from model.model_name_or_path; do not set it in YAML.
             trust_remote_code: Set from model.trust_remote_code; do not set it in YAML.
+            chat_template: Set from model.chat_template; do not set it in YAML.
         """
         super().__init__()
         if isinstance(train_path, list):  # saved as plain dicts: LightningCLI reads checkpoints with weights_only
@@ -87,6 +90,7 @@ class SFTDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.tokenizer_name_or_path = tokenizer_name_or_path
         self.trust_remote_code = trust_remote_code
+        self.chat_template = chat_template
         self._tokenizer = None
         self._records: dict[str, list[Record]] = {}
         self.examples: dict = {}
@@ -98,7 +102,7 @@ class SFTDataModule(L.LightningDataModule):
         if self._tokenizer is None:
             if not self.tokenizer_name_or_path:
                 raise ValueError("the data module needs a tokenizer: set model.model_name_or_path")
-            self._tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
+            self._tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code, self.chat_template)
         return self._tokenizer
 
     def split_path(self, split: str) -> str:
@@ -181,18 +185,20 @@ class SFTDataModule(L.LightningDataModule):
             return []
         return self._loader(self.training_examples("val"), self.eval_batch_size, self.collator_for_training())
 
-    def answering_loader(self, examples, collate_fn, answered: set[str] = frozenset()) -> DataLoader:
+    def answering_loader(self, examples, collate_fn, answered: set[str] = frozenset(),
+                         split_across_ranks: bool = False) -> AnsweringBatches:
         """Batches of one question type each, for the splits whose answers are generated; records in
-        ``answered`` are left out (an interrupted run's whole batches: the rest batch as before)."""
-        batches = TypeGroupedBatchSampler(examples["record_type"], self.eval_batch_size)
-        if answered:
-            ids = examples["id"]
-            batches.batches = [kept for rows in batches.batches
-                               if (kept := [row for row in rows if ids[row] not in answered])]
-        return DataLoader(examples.with_format(None), batch_sampler=batches, collate_fn=collate_fn,
-                          num_workers=self.num_workers)
+        ``answered`` are left out (an interrupted run's whole batches: the rest batch as before). With
+        ``split_across_ranks``, each data-parallel rank gets its share of the batches."""
+        ranks = {}
+        if split_across_ranks and self.trainer is not None:
+            ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank}
+        leave_out = {row for row, record_id in enumerate(examples["id"]) if record_id in answered} if answered else set()
+        batches = TypeGroupedBatchSampler(examples["record_type"], self.eval_batch_size, leave_out=leave_out, **ranks)
+        return AnsweringBatches(DataLoader(examples.with_format(None), batch_sampler=batches, collate_fn=collate_fn,
+                                           num_workers=self.num_workers))
 
-    def answer_dataloader(self, split: str, num_records: int | None = None) -> DataLoader:
+    def answer_dataloader(self, split: str, num_records: int | None = None) -> AnsweringBatches:
         """The first ``num_records`` labelled records of a split, batched for answering (validation answers)."""
         examples = self.training_examples(split)
         if num_records is not None:
@@ -209,12 +215,12 @@ class SFTDataModule(L.LightningDataModule):
 
     def test_dataloader(self):
         return self.answering_loader(self.answering_examples("test"), self.collator_for_training(),
-                                     self.answered_before.get("test", set()))
+                                     self.answered_before.get("test", set()), split_across_ranks=True)
 
     def predict_dataloader(self):
         collator = PromptCollator(pad_token_id=self.tokenizer.pad_token_id)
         return self.answering_loader(self.answering_examples("predict"), collator,
-                                     self.answered_before.get("predict", set()))
+                                     self.answered_before.get("predict", set()), split_across_ranks=True)
 
     def collator_for_training(self):
         """Right-padded sequences with answer-only labels, plus the head fields (train/val/test)."""

@@ -7,13 +7,16 @@ were made with (checkpoint, model, generation, input file), then one line per an
 line: reading leaves it out and the next append cuts it off. A rerun with other settings is refused,
 so answers from two settings never mix in one answers file.
 
-Used by the answer-writing callbacks, in this order::
+Under data parallelism each rank answers its share of the batches into its own journal,
+``answers.partial.rank{r}.jsonl``; what is answered is read from every journal in the folder, so a
+rerun may use another number of ranks. Used by the answer-writing callbacks, in this order::
 
-    journal = AnswerJournal(folder / JOURNAL_NAME)
-    journal.answered_ids()                    # setup: records the data module leaves out
+    journal = AnswerJournal(folder / journal_name(rank, world_size))
+    answered_in(folder)                       # setup: records the data module leaves out
     journal.start(settings, "--predictions.output_dir")  # before the first batch: header or check
     journal.append(batch_answers)             # each batch's end
-    write_answers(ordered_answers([journal.answers()]), folder); journal.remove()  # the end
+    trainer.strategy.barrier()                # every rank's answers on disk
+    write_answers(ordered_answers([answers_in(folder)]), folder); remove_journals(folder)  # rank 0
 """
 
 import hashlib
@@ -24,6 +27,31 @@ from pathlib import Path
 
 JOURNAL_NAME = "answers.partial.jsonl"
 ANSWER_KEYS = ("id", "type", "content", "row_index")
+
+
+def journal_name(rank: int, world_size: int) -> str:
+    """``answers.partial.jsonl`` for one process, ``answers.partial.rank{r}.jsonl`` for each data-parallel rank."""
+    return JOURNAL_NAME if world_size == 1 else f"answers.partial.rank{rank}.jsonl"
+
+
+def journals_in(folder: Path) -> list["AnswerJournal"]:
+    """Every journal in ``folder``: one process's and each rank's, of this run or an interrupted one."""
+    return [AnswerJournal(path) for path in sorted(Path(folder).glob("answers.partial*.jsonl"))]
+
+
+def answers_in(folder: Path) -> list[dict]:
+    """The answers of every journal in ``folder``, each id once (a batch repeated to even out the ranks'
+    steps has the same rows, so the same answers)."""
+    answers: dict[str, dict] = {}
+    for journal in journals_in(folder):
+        for row in journal.answers():
+            answers.setdefault(row["id"], row)
+    return list(answers.values())
+
+
+def remove_journals(folder: Path) -> None:
+    for journal in journals_in(folder):
+        journal.remove()
 
 
 class AnswersFromOtherSettingsError(ValueError):
@@ -42,20 +70,26 @@ class AnswerJournal:
         return set(self._read()[1])
 
     def start(self, settings: dict, folder_option: str) -> None:
-        """Before the first new answer: write the header, or check that the journal's answers were made
-        with these settings (else refuse, naming what differs); cut off a torn last line."""
+        """Before the first new answer: check that every journal in the folder (other ranks' too) holds
+        answers made with these settings (else refuse, naming what differs); then write this journal's
+        header, or cut off its torn last line."""
         settings = _as_json(settings)
-        header, answers, whole_bytes = self._read()
+        for journal in journals_in(self.path.parent):
+            journal._check(settings, folder_option)
+        header, _, whole_bytes = self._read()
         if header is None:
             self._write_header(settings)
-        elif header != settings:
+        elif whole_bytes < self.path.stat().st_size:
+            os.truncate(self.path, whole_bytes)
+
+    def _check(self, settings: dict, folder_option: str) -> None:
+        header, answers, _ = self._read()  # no header yet (another rank is writing it): nothing to mix
+        if header is not None and header != settings:
             raise AnswersFromOtherSettingsError(
                 f"{self.path} holds {len(answers)} answers made with other settings ({_differences(header, settings)}); "
                 f"answers from two settings are not mixed: give another {folder_option}, or delete "
                 f"{self.path} (or its folder) to start over"
             )
-        elif whole_bytes < self.path.stat().st_size:
-            os.truncate(self.path, whole_bytes)
 
     def append(self, rows: list[dict]) -> None:
         """One line per answer, on disk (flushed and fsynced) before the next batch starts."""

@@ -23,6 +23,11 @@ ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")  # not rougeLsum: it needs nltk's pu
 MATH_TIMEOUT_SECONDS = 5
 
 
+# Every metric scores a whole answer list in one process: under data parallelism only rank 0 scores,
+# and torchmetrics' default (gather every rank's state on compute) would wait for ranks that never come.
+LOCAL = {"sync_on_compute": False}
+
+
 def _rounded(value: torch.Tensor) -> float:
     """torchmetrics computes in float32: 6 decimals keep what is real and drop noise like 0.40000000596."""
     return round(float(value), 6)
@@ -32,7 +37,7 @@ def mean_of(values: list[float]) -> float:
     """Mean through torchmetrics' ``MeanMetric`` (0.0 for no values, where it would warn and give nan)."""
     if not values:
         return 0.0
-    mean = MeanMetric()
+    mean = MeanMetric(**LOCAL)
     mean.update(torch.tensor(values, dtype=torch.float64))
     return _rounded(mean.compute())
 
@@ -74,7 +79,7 @@ def math_accuracy(predicted_answers: list[str], reference_answers: list[str]) ->
 
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure over pairs, with each CJK character a token (see ``rouge_normalize``)."""
-    rouge = ROUGEScore(rouge_keys=ROUGE_KEYS, normalizer=rouge_normalize, tokenizer=rouge_tokenize)
+    rouge = ROUGEScore(rouge_keys=ROUGE_KEYS, normalizer=rouge_normalize, tokenizer=rouge_tokenize, **LOCAL)
     scores = rouge(predictions, references)
     return {key: _rounded(scores[f"{key}_fmeasure"]) for key in ROUGE_KEYS}
 
@@ -95,7 +100,7 @@ def squad_scores(predictions: list[str], acceptable_answers: list[list[str]]) ->
         {"id": str(index), "answers": {"text": answers, "answer_start": [0] * len(answers)}}
         for index, answers in enumerate(acceptable_answers)
     ]
-    scores = SQuAD()(preds, target)
+    scores = SQuAD(**LOCAL)(preds, target)
     return {"exact_match": _rounded(scores["exact_match"] / 100), "f1": _rounded(scores["f1"] / 100)}
 
 

@@ -59,6 +59,7 @@ class SFTCLI(LightningCLI):
         # The tokenizer follows the model, never the other way (see STYLE.md: links and ckpt_path).
         parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+        parser.link_arguments("model.chat_template", "data.chat_template")
         for key, callback_class in ALWAYS_ON_CALLBACKS.items():
             parser.add_lightning_class_args(callback_class, key)
         parser.set_defaults({"checkpoint.save_last": True})

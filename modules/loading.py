@@ -84,3 +84,16 @@ def random_causal_lm(folder: str, dtype: str, attn_implementation: str | None, q
         return AutoModelForCausalLM.from_pretrained(weights_dir, dtype=DTYPES[dtype],
                                                     attn_implementation=attn_implementation,
                                                     quantization_config=quantization_config)
+
+
+def follow_tokenizer(model, tokenizer) -> None:
+    """The model after a ``model.chat_template`` option changed its tokenizer: embeddings (and the
+    output layer) grown to hold added tokens (new rows drawn around the old rows' mean and covariance,
+    transformers' ``mean_resizing``), and EOS/pad ids taken from the tokenizer, so the merged export stops
+    generating where training taught it to."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    for settings in (model.config, getattr(model, "generation_config", None)):
+        if settings is not None:
+            settings.eos_token_id = tokenizer.eos_token_id
+            settings.pad_token_id = tokenizer.pad_token_id

@@ -48,11 +48,44 @@ def prepare_peft_config(peft_config: PeftConfig) -> PeftConfig:
     return config
 
 
-def apply_peft(model, peft_config: PeftConfig | None):
-    """No config means full fine-tuning: the model is returned with every weight trainable."""
+def apply_peft(model, peft_config: PeftConfig | None, new_token_ids: list[int] = ()):
+    """No config means full fine-tuning: the model is returned with every weight trainable.
+    ``new_token_ids`` (tokens added for the chat template, with untrained embeddings) are trained
+    under the adapter too."""
     if peft_config is None:
         return model
-    return get_peft_model(model, prepare_peft_config(peft_config))
+    return get_peft_model(model, train_new_tokens(prepare_peft_config(peft_config), model, new_token_ids))
+
+
+def train_new_tokens(config: PeftConfig, model, token_ids: list[int]) -> PeftConfig:
+    """``config`` with the rows of ``token_ids`` trained in the input embeddings and the output layer.
+
+    peft's ``trainable_token_indices`` trains (and saves) only those rows, where ``modules_to_save``
+    would train and save both whole matrices; merging writes the rows into the plain weights. A tied
+    output layer follows the embeddings (peft ties the two wrappers when their indices agree).
+    """
+    if not token_ids:
+        return config
+    if not hasattr(config, "trainable_token_indices"):
+        raise ValueError(
+            f"model.chat_template added tokens {list(token_ids)} whose embeddings must be trained, which "
+            f"{type(config).__name__} cannot do: use a peft.LoraConfig, full fine-tuning (no peft_config), or a "
+            "model whose vocabulary already has the template's tokens"
+        )
+    layers = [layer_name(model, model.get_input_embeddings())]
+    if model.get_output_embeddings() is not None:
+        layers.append(layer_name(model, model.get_output_embeddings()))
+    wanted = dict(config.trainable_token_indices) if isinstance(config.trainable_token_indices, dict) else \
+        {layers[0]: list(config.trainable_token_indices or [])}
+    for layer in layers:
+        wanted[layer] = sorted(set(wanted.get(layer, [])) | set(token_ids))
+    config.trainable_token_indices = wanted
+    return config
+
+
+def layer_name(model, layer) -> str:
+    """The last part of ``layer``'s name in ``model`` (``embed_tokens``, ``lm_head``): what peft matches."""
+    return next(name for name, module in model.named_modules() if module is layer).rsplit(".", 1)[-1]
 
 
 def parameter_count(parameter) -> int:

@@ -30,7 +30,7 @@ from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
 from modules.generation import GenerationPlan, GenerationSettings, default_per_type
 from modules.heads import Head, LMHead
 from modules.heads.choice_export import restore_choice_head
-from modules.loading import Dtype, load_causal_lm
+from modules.loading import Dtype, follow_tokenizer, load_causal_lm
 from modules.optim import Schedule, parameter_groups, schedule
 from modules.adalora_budget import AdaLoraBudget
 from modules.peft_setup import apply_peft, trainable_parameter_counts
@@ -55,6 +55,7 @@ class SFTModule(L.LightningModule):
         config_overrides: dict[str, Any] | None = None,
         neftune_alpha: float | None = None,
         trust_remote_code: bool = False,
+        chat_template: str | None = None,
         gradient_checkpointing: bool = False,
         quantization: Quantization | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -81,6 +82,10 @@ class SFTModule(L.LightningModule):
                 the input embeddings in training only (transformers' hook; the paper uses 5); none = off.
             trust_remote_code: Run the Python code a model folder or hub repo ships (custom
                 architectures or tokenizers); off unless you trust its source. The tokenizer follows.
+            chat_template: For a base model whose tokenizer has no chat template (or to replace it):
+                chatml (adds <|im_start|>/<|im_end|> where missing, makes <|im_end|> the EOS token, grows
+                the embeddings and trains the new rows, under LoRA too) or the path of a Jinja template
+                file. The data module follows; give the same to predict and test.
             gradient_checkpointing: Recompute activations in backward to save memory.
             quantization: Load the frozen base in 4 bits (QLoRA: NF4, double quantization, bfloat16
                 compute) or 8 bits with bitsandbytes, to fit bigger models in GPU memory; needs a
@@ -115,6 +120,7 @@ class SFTModule(L.LightningModule):
         self.config_overrides = config_overrides
         self.neftune_alpha = neftune_alpha
         self.trust_remote_code = trust_remote_code
+        self.chat_template = chat_template
         self.gradient_checkpointing = gradient_checkpointing
         self.quantization = quantization
         self.optimizer_factory = optimizer
@@ -143,8 +149,12 @@ class SFTModule(L.LightningModule):
         model = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation,
                                quantization=self.quantization, init_from_config=self.init_from_config,
                                config_overrides=self.config_overrides, trust_remote_code=self.trust_remote_code)
+        new_token_ids = []  # tokens added for model.chat_template: their rows are trained, under PEFT too
+        if self.chat_template is not None:  # before PEFT: the adapter wraps the grown embeddings
+            follow_tokenizer(model, self.tokenizer)
+            new_token_ids = self.tokenizer.added_template_token_ids
         self._prepare_for_training(model)
-        self.model = apply_peft(model, self.peft_config)
+        self.model = apply_peft(model, self.peft_config, new_token_ids)
         if self.neftune_alpha is not None:  # the hook adds noise only while the embeddings are in train mode
             activate_neftune(self.model, self.neftune_alpha)
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
@@ -183,7 +193,7 @@ class SFTModule(L.LightningModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.model_name_or_path, self.trust_remote_code)
+            self._tokenizer = load_tokenizer(self.model_name_or_path, self.trust_remote_code, self.chat_template)
         return self._tokenizer
 
     # 2. Train -----------------------------------------------------------------------------------
