@@ -32,6 +32,10 @@ TrainOn = Literal["all_assistant", "last_assistant"]
 TRAIN_ON_CHOICES: tuple[str, ...] = get_args(TrainOn)
 
 
+class TemplateDropsToolCallsError(ValueError):
+    """The chat template renders an assistant turn the same with and without its tool calls."""
+
+
 class TemplateNotPrefixStableError(ValueError):
     """The chat template renders an earlier turn differently once later turns follow it."""
 
@@ -70,8 +74,23 @@ def _turn_span(tokenizer: Any, messages: list[Message], turn: int, full_ids: lis
             "turns follow (some templates drop earlier reasoning): train only the last turn with "
             "train_on: last_assistant, or use a template that renders prefixes stably"
         )
+    if messages[turn].get("tool_calls"):
+        _require_rendered_tool_calls(tokenizer, messages[: turn + 1], through_turn_ids, tools)
     # Like TRL: the completion starts where prompt and prompt+completion diverge.
     return common_prefix_length(prompt_ids, through_turn_ids), len(through_turn_ids)
+
+
+def _require_rendered_tool_calls(tokenizer: Any, messages: list[Message], rendered_ids: list[int],
+                                 tools: list[dict] | None) -> None:
+    """A template that ignores ``tool_calls`` (SmolLM2's does) renders a tool-call turn as an empty
+    answer: training would teach the model to end its turn at once. Stop instead."""
+    without_calls = [*messages[:-1], {key: value for key, value in messages[-1].items() if key != "tool_calls"}]
+    if render_ids(tokenizer, without_calls, tools=tools) == rendered_ids:
+        raise TemplateDropsToolCallsError(
+            "this model's chat template does not render tool calls (an assistant turn with tool_calls would be "
+            "trained as an empty answer): use a model whose template supports tools, or set model.chat_template "
+            "to a template file that renders message.tool_calls"
+        )
 
 
 def tokenize_conversation(

@@ -141,3 +141,41 @@ def test_tool_conversations_survive_the_file_and_arrow_round_trips(tmp_path, too
     assert [label for label in examples[0]["labels"] if label != IGNORE_INDEX] == trained_ids
     prompts = build_prompt_examples(records, tool_tokenizer, path)
     assert prompts[0]["prompt_ids"] == input_ids[: -len(byte_ids("<think>look</think>It is sunny.")) - 2]
+
+
+# SmolLM2-135M-Instruct's own chat template (from the embedded model's folder): plain ChatML that
+# prints neither tools nor tool calls.
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = SMOLLM2_TEMPLATE
+    return tokenizer
+
+
+def test_a_template_that_drops_tool_calls_is_refused_rather_than_trained_as_an_empty_answer(smollm2_tokenizer):
+    from datamodules.chat_tokens import TemplateDropsToolCallsError
+
+    messages = to_messages({"messages": TOOL_CONVERSATION}, "messages")
+    with pytest.raises(TemplateDropsToolCallsError, match="does not render tool calls"):
+        tokenize_conversation(smollm2_tokenizer, messages, tools=TOOLS)
+
+
+def test_smollm2_template_trains_tool_results_never_and_the_final_answer_exactly(smollm2_tokenizer):
+    """Without tool calls, a tool turn still renders under SmolLM2's template and stays untrained."""
+    conversation = [{"role": "user", "content": "Weather?"}, {"role": "tool", "content": "sunny"},
+                    {"role": "assistant", "content": "It is sunny."}]
+    example = tokenize_conversation(smollm2_tokenizer, to_messages({"messages": conversation}, "messages"), tools=TOOLS)
+    system = header("system") + byte_ids("You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+    expected = (system + [IM_END, NEWLINE] + header("user") + byte_ids("Weather?") + [IM_END, NEWLINE]
+                + header("tool") + byte_ids("sunny") + [IM_END, NEWLINE] + header("assistant")
+                + byte_ids("It is sunny.") + [IM_END, NEWLINE])
+    assert example["input_ids"] == expected
+    assert [label for label in example["labels"] if label != IGNORE_INDEX] == byte_ids("It is sunny.") + [IM_END, NEWLINE]
