@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import yaml
 
 from core.step_loss import StepTokenCounts
 from datamodules.sft_datamodule import SFTDataModule
@@ -58,3 +59,21 @@ def typed_batch(model_dir, tmp_path, records, batch_size=None, name="typed.jsonl
     loader = datamodule._loader(datamodule.training_examples("train"), batch_size or len(records),
                                 datamodule.collator_for_training())
     return next(iter(StepTokenCounts(loader, 1)))
+
+
+def greedy_answering_config(model_dir, folder: Path, records: list[dict]) -> str:
+    """A config that answers ``records`` (predict and labelled test) greedily with the tiny model:
+    every type deterministic, so reruns and other process counts must give the same bytes."""
+    config = {
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
+                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": "runs", "name": "answers"}}},
+        "model": {"model_name_or_path": str(model_dir), "generation": {"max_new_tokens": 4},
+                  "generation_per_type": {}},
+        "data": {"predict_path": write_jsonl(folder / "predict.jsonl", records),
+                 "test_path": write_jsonl(folder / "labelled.jsonl", records),
+                 "format": "typed", "batch_size": 2},
+    }
+    path = folder / "greedy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)

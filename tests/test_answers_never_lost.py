@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from evaluation.answer_journal import JOURNAL_NAME, AnswersFromOtherSettingsError
 from lightning_app.main import main
 from modules.sft_module import SFTModule
-from tests.factories import TYPED_RECORDS, write_jsonl
+from tests.factories import TYPED_RECORDS, greedy_answering_config
 
 RECORDS = TYPED_RECORDS + [
     {"id": "t5", "type": "generic-generate", "prompt": "Say 'hi'", "answer": "hi"},
@@ -50,19 +49,7 @@ def watch_answering(monkeypatch, kill_at_batch: int | None = None) -> list[list[
 def greedy_config(tiny_model_dir, tmp_path, monkeypatch):
     """The tiny base model answering 6 records greedily (every type: answers are deterministic)."""
     monkeypatch.chdir(tmp_path)
-    config = {
-        "trainer": {"accelerator": "cpu", "enable_progress_bar": False,
-                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                               "init_args": {"save_dir": "runs", "name": "answers"}}},
-        "model": {"model_name_or_path": str(tiny_model_dir), "generation": {"max_new_tokens": 4},
-                  "generation_per_type": {}},
-        "data": {"predict_path": write_jsonl(tmp_path / "predict.jsonl", RECORDS),
-                 "test_path": write_jsonl(tmp_path / "labelled.jsonl", RECORDS),
-                 "format": "typed", "batch_size": 2},
-    }
-    path = tmp_path / "greedy.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
+    return greedy_answering_config(tiny_model_dir, tmp_path, RECORDS)
 
 
 def journal_ids(journal: Path) -> list[str]:

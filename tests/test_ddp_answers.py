@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lightning_app.main import main
-from tests.factories import TYPED_RECORDS, write_jsonl
+from tests.factories import TYPED_RECORDS, greedy_answering_config
 
 RECORDS = TYPED_RECORDS + [
     {"id": "t5", "type": "generic-generate", "prompt": "Say 'hi'", "answer": "hi"},
@@ -51,19 +50,7 @@ open(f"done.rank{rank}", "w").close()
 @pytest.fixture
 def greedy_config(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = {
-        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
-                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                               "init_args": {"save_dir": "runs", "name": "answers"}}},
-        "model": {"model_name_or_path": str(tiny_model_dir), "generation": {"max_new_tokens": 4},
-                  "generation_per_type": {}},
-        "data": {"predict_path": write_jsonl(tmp_path / "predict.jsonl", RECORDS),
-                 "test_path": write_jsonl(tmp_path / "labelled.jsonl", RECORDS),
-                 "format": "typed", "batch_size": 2},
-    }
-    path = tmp_path / "greedy.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
+    return greedy_answering_config(tiny_model_dir, tmp_path, RECORDS)
 
 
 def on_two_processes(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
