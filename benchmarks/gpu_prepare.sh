@@ -37,7 +37,9 @@ echo "carry: working tree $(mib "$tree") + .whl $(mib "$wheels_size") + $archite
      "= $(mib "$total") of 64 MiB"
 if [ "$total" -le "$limit" ]; then
   cat <<MSG
-One device call (about 5 minutes; GPU_TESTS=1 adds the gpu-marked tests, about 2 more):
+One device call (the method table, about 5 minutes, then the side by side with TRL until 540 s; GPU_TESTS=1
+adds the gpu-marked tests, about 2 minutes taken from the side by side; a second call with VS_TRL=only
+measures only the side by side):
   run(command="GPU_TESTS=1 bash benchmarks/gpu_compare.sh", carry=[".whl", "$architecture"], timeout_s=600)
 MSG
 else
@@ -49,5 +51,6 @@ MSG
 fi
 cat <<MSG
 Then, here: copy comparison.md and loss_curves.png from the call's files into benchmarks/gpu_table/,
-unpack runs.tar.gz beside them if the runs are wanted, and fill in benchmarks/RESULTS.md "GPU table".
+unpack runs.tar.gz beside them if the runs are wanted, and fill in benchmarks/RESULTS.md "GPU table";
+vs_trl_gpu.md (and vs_trl_gpu.json) into benchmarks/vs_trl/ for the side by side with TRL.
 MSG

@@ -30,6 +30,7 @@
 """
 
 import os
+import shutil
 import sys
 from weakref import proxy
 
@@ -106,9 +107,24 @@ class SFTCheckpoint(ModelCheckpoint):
 def _write_then_rename(trainer, path: str, weights_only: bool) -> None:
     partial = f"{path}.partial"  # not *.ckpt: `--ckpt_path last` never picks a half-written file
     trainer.save_checkpoint(partial, weights_only)
+    trainer.strategy.barrier()  # a folder of shards (DeepSpeed, sharded FSDP): every rank's part is in
     if trainer.is_global_zero:
-        os.replace(partial, path)  # atomic on one filesystem, and partial sits beside path
+        _replace(partial, path)
     trainer.strategy.barrier()
+
+
+def _replace(partial: str, path: str) -> None:
+    """``os.replace``: atomic on one filesystem, and partial sits beside path. A checkpoint folder
+    cannot replace a non-empty one: the old one is moved aside first and removed after (a kill between
+    the two renames leaves it as ``<path>.old``)."""
+    if os.path.isdir(partial) and os.path.exists(path):
+        old = f"{path}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(partial, path)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(partial, path)
 
 
 def _say(trainer, line: str) -> None:

@@ -3,7 +3,9 @@
 Serving a PEFT run's adapter needs peft and the exact base; the folder this writes loads with plain
 ``AutoModelForCausalLM.from_pretrained`` (tokenizer, chat template and any choice head included).
 The merge, the logit check and the failure policy live in ``modules/merging.py``; this callback
-picks the weights (the best checkpoint by default) and calls it on rank 0.
+picks the weights (the best checkpoint by default) and calls it on rank 0. Under FSDP or DeepSpeed
+ZeRO-3 no rank holds whole weights: every rank takes part in gathering them onto rank 0's CPU, which
+rebuilds a plain copy of the model and exports that (``modules/sharding.py``).
 """
 
 from pathlib import Path
@@ -13,6 +15,7 @@ from lightning.pytorch.callbacks import Callback
 
 from modules.checkpoint_keys import check_checkpoint_keys
 from modules.merging import export_model
+from modules.sharding import gathered_full_state, refuse_merge_from_checkpoint_folders, shards_parameters, unsharded_copy
 
 
 class MergeAdapters(Callback):
@@ -36,18 +39,39 @@ class MergeAdapters(Callback):
         self.enabled = enabled
         self.report: dict | None = None
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Before training: a best checkpoint written as a folder of shards could not be exported."""
+        if stage == "fit" and self.enabled and self.use_best:
+            refuse_merge_from_checkpoint_folders(trainer.strategy)
+
     def on_fit_end(self, trainer, pl_module) -> None:
         if not self.enabled:
             return
         output_dir = Path(self.output_dir or Path(trainer.log_dir) / "merged")  # log_dir: every rank must ask
+        sharded = shards_parameters(trainer.strategy)
+        full_state = gathered_full_state(trainer) if sharded else None  # a collective: every rank
         if not trainer.is_global_zero:
             return
         checkpoint_path = best_checkpoint_path(trainer) if self.use_best else None
-        if checkpoint_path is not None:
-            load_checkpoint_weights(pl_module, checkpoint_path)
+        if sharded:
+            model, head = self._unsharded(pl_module, full_state, checkpoint_path)
+        else:
+            if checkpoint_path is not None:
+                load_checkpoint_weights(pl_module, checkpoint_path)
+            model, head = pl_module.model, pl_module.head
         weights = f"best checkpoint {checkpoint_path}" if checkpoint_path else "end of fit"
-        self.report = export_model(pl_module.model, pl_module.tokenizer, output_dir, head=pl_module.head,
+        self.report = export_model(model, pl_module.tokenizer, output_dir, head=head,
                                    max_relative_error=self.max_relative_error, weights=weights)
+
+    @staticmethod
+    def _unsharded(pl_module, full_state: dict, checkpoint_path: str | None):
+        """Rank 0: a plain CPU copy holding the gathered weights, the best checkpoint's over them. (The
+        sharded module itself keeps the end-of-fit weights.)"""
+        if checkpoint_path is not None:
+            state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
+            check_checkpoint_keys(pl_module, state)
+            full_state = {**full_state, **state}
+        return unsharded_copy(pl_module, full_state)
 
 
 def best_checkpoint_path(trainer) -> str | None:

@@ -23,6 +23,8 @@ from typing import Literal
 
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
+from core.batch_layout import real_tokens_in
+
 ProgressMode = Literal["auto", "bar", "lines"]
 
 
@@ -53,7 +55,7 @@ class ProgressReport(Callback):
         self._run = _RunClock(int(trainer.estimated_stepping_batches), start=trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
-        self._run.tokens += int(batch["attention_mask"].sum())
+        self._run.tokens += real_tokens_in(batch)
         if trainer.global_step == self._run.done:
             return  # inside a gradient-accumulation window: no optimizer step yet
         self._run.done = trainer.global_step

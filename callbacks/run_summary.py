@@ -119,6 +119,8 @@ def run_hparams(trainer, pl_module, summary: dict) -> dict:
         "warmup": getattr(pl_module, "warmup", None), "precision": str(trainer.precision),
         "accumulate_grad_batches": trainer.accumulate_grad_batches,
         "batch_size": getattr(datamodule, "batch_size", None), "max_length": getattr(datamodule, "max_length", None),
+        "padding_free": getattr(datamodule, "padding_free", None),
+        "max_tokens_per_batch": getattr(datamodule, "max_tokens_per_batch", None),
         "trainable_percent": summary["trainable_percent"],
     }
     for name in ("r", "lora_alpha", "lora_dropout", "num_virtual_tokens"):  # the PEFT method's size, where it has one

@@ -2,7 +2,7 @@
 
 Built on Lightning's ``ThroughputMonitor`` for the per-step figures, through its public hooks only:
 
-- It is given ``length_fn=real_tokens_in``, so its token counts are ``attention_mask.sum()``:
+- It is given ``length_fn=real_tokens_in``, so its token counts are the real (not padding) tokens:
   padding is work the GPU does but not work the run needed, and counting it would flatter a run
   that pads badly (shuffled batches of mixed lengths) over one that groups by length.
 - Every step it logs rolling figures over the last ``window_size`` batches under
@@ -40,17 +40,13 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.run_figures import publish
 
+from core.batch_layout import example_lengths, examples_in, real_tokens_in
 from core.step_loss import trained_tokens_in
 
 
 def samples_in(batch: dict) -> int:
-    """Rows (conversations) in a batch."""
-    return int(batch["input_ids"].shape[0])
-
-
-def real_tokens_in(batch: dict) -> int:
-    """Tokens that are not padding: ``attention_mask`` is 1 on real tokens."""
-    return int(batch["attention_mask"].sum())
+    """Examples (conversations) in a batch, padded or packed."""
+    return examples_in(batch)
 
 
 def matmul_parameter_counts(model: torch.nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -74,7 +70,7 @@ def attention_width(config) -> tuple[int, int]:
 def training_flops(model: torch.nn.Module, batch: dict) -> int:
     """Forward + backward model FLOPs of one micro-batch (see the module docstring)."""
     (body, body_trainable), (output, output_trainable) = matmul_parameter_counts(model)
-    row_lengths = batch["attention_mask"].sum(dim=1)  # (batch,)
+    row_lengths = example_lengths(batch)  # (examples,): attention stays inside each example, packed or not
     layers, width = attention_width(model.config)
     linear = (4 * body + 2 * body_trainable) * int(row_lengths.sum())
     output_layer = (4 * output + 2 * output_trainable) * trained_tokens_in(batch)
@@ -85,7 +81,7 @@ def training_flops(model: torch.nn.Module, batch: dict) -> int:
 def forward_flops(model: torch.nn.Module, batch: dict) -> int:
     """Forward-only model FLOPs of one evaluation batch: a third of full fine-tuning's step."""
     (body, _), (output, _) = matmul_parameter_counts(model)
-    row_lengths = batch["attention_mask"].sum(dim=1)
+    row_lengths = example_lengths(batch)
     layers, width = attention_width(model.config)
     return (2 * body * int(row_lengths.sum()) + 2 * output * trained_tokens_in(batch)
             + 4 * layers * width * int((row_lengths**2).sum()))
@@ -125,6 +121,8 @@ class SFTThroughputMonitor(ThroughputMonitor):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self._epoch.add(real_tokens_in(batch), samples_in(batch), pl_module.flops_per_batch)
+        if self._epoch.first_step_end is None and trainer.global_step > self._epoch.step_at_start:
+            self._epoch.end_first_step(_synchronized_clock(trainer))
 
     def on_validation_start(self, trainer, pl_module) -> None:
         super().on_validation_start(trainer, pl_module)
@@ -150,6 +148,7 @@ class SFTThroughputMonitor(ThroughputMonitor):
         optimizer_steps = trainer.global_step - self._epoch.step_at_start
         if optimizer_steps > 0:
             figures["time/step_seconds"] = seconds / optimizer_steps
+        figures.update(self._epoch.after_first_step(seconds))
         peak_flops = peak_flops_per_second(trainer, pl_module)
         if peak_flops:
             figures["throughput/mfu"] = self._epoch.flops / seconds / peak_flops
@@ -167,6 +166,23 @@ class _EpochTotals:
         self.started, self.step_at_start = started, step_at_start
         self.tokens = self.samples = self.flops = 0
         self.validation_seconds = 0.0
+        self.first_step_end: float | None = None
+        self.tokens_in_first_step = 0
+
+    def end_first_step(self, clock: float) -> None:
+        self.first_step_end, self.tokens_in_first_step = clock, self.tokens
+
+    def after_first_step(self, epoch_seconds: float) -> dict[str, float]:
+        """The first optimizer step's time apart (it carries torch.compile's compilation and the
+        allocator's warm-up) and the steady tokens/s of the steps after it."""
+        if self.first_step_end is None:
+            return {}
+        first = self.first_step_end - self.started
+        figures = {"time/first_step_seconds": first}
+        if epoch_seconds - first > 0 and self.tokens > self.tokens_in_first_step:
+            figures["throughput/tokens_per_second_after_first_step"] = (
+                (self.tokens - self.tokens_in_first_step) / (epoch_seconds - first))
+        return figures
 
     def add(self, tokens: int, samples: int, flops: int | None) -> None:
         self.tokens, self.samples, self.flops = self.tokens + tokens, self.samples + samples, self.flops + (flops or 0)

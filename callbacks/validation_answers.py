@@ -10,6 +10,8 @@ best checkpoint by a task metric. A few prompts with their answers go to TensorB
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import move_data_to_device
 
+from modules.answer_merging import adapters_merged
+
 
 
 class ValidationAnswers(Callback):
@@ -44,9 +46,12 @@ class ValidationAnswers(Callback):
         self._log_text(trainer, answers, references)
 
     def _answers(self, datamodule, pl_module) -> list[dict]:
+        """Generated as ``sft test`` generates them, adapters merged; training goes on from exactly the
+        weights it had (``restore_exactly``)."""
         answers = []
-        for batch in datamodule.answer_dataloader("val", self.num_records):
-            answers += pl_module.predict_step(move_data_to_device(batch, pl_module.device), 0)
+        with adapters_merged(pl_module.model, restore_exactly=True):
+            for batch in datamodule.answer_dataloader("val", self.num_records):
+                answers += pl_module.predict_step(move_data_to_device(batch, pl_module.device), 0)
         return answers
 
     def _log_text(self, trainer, answers: list[dict], references: list) -> None:

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from core.batch_layout import cells_of_examples, examples_in, real_tokens_in
 from core.constants import IGNORE_INDEX
 
 STEP_DIVISORS = ("step_trained_tokens", "step_lm_tokens", "step_choice_records")
@@ -52,19 +53,22 @@ class AccumulationMismatchError(RuntimeError):
 
 
 def trained_tokens_in(batch: dict[str, Any], rows: torch.Tensor | None = None) -> int:
-    """Labels that reach the loss (after the causal shift, position 0 is never a target)."""
-    targets = batch["labels"][:, 1:] if rows is None else batch["labels"][rows, 1:]
-    return int((targets != IGNORE_INDEX).sum())
+    """Labels that reach the loss (after the causal shift, position 0 is never a target), of all
+    examples or of those True in ``rows`` (examples,); padded or packed (``core.batch_layout``)."""
+    trained = batch["labels"][:, 1:] != IGNORE_INDEX
+    if rows is not None:
+        trained = trained & cells_of_examples(batch, rows)[:, 1:]
+    return int(trained.sum())
 
 
 def step_totals(window: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """The divisors of one optimizer step's losses, summed over its micro-batches."""
-    choice_rows = [batch.get("is_choice", torch.zeros(len(batch["labels"]), dtype=torch.bool)) for batch in window]
+    choice_rows = [batch.get("is_choice", torch.zeros(examples_in(batch), dtype=torch.bool)) for batch in window]
     return {
         "step_trained_tokens": torch.tensor(sum(trained_tokens_in(batch) for batch in window)),
         "step_lm_tokens": torch.tensor(sum(trained_tokens_in(b, ~rows) for b, rows in zip(window, choice_rows))),
         "step_choice_records": torch.tensor(sum(int(rows.sum()) for rows in choice_rows)),
-        "step_tokens": torch.tensor(sum(int(batch["attention_mask"].sum()) for batch in window)),
+        "step_tokens": torch.tensor(sum(real_tokens_in(batch) for batch in window)),
     }
 
 
@@ -159,3 +163,23 @@ def step_losses_over_ranks(step_losses: dict[str, torch.Tensor],
     names = sorted(step_losses)
     stacked = torch.stack([step_losses[name].float() for name in names])  # (losses,)
     return dict(zip(names, sum_over_ranks(stacked).unbind()))
+
+
+def evaluation_means_over_ranks(sums: dict[str, torch.Tensor], names: list[str], sum_over_ranks: SumOverRanks,
+                                zeros: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Validation/test means over every rank's batches, each weighted by what it is a mean over.
+
+    ``sums[name]`` is this rank's ``(sum of value × count, sum of count)``; ``names`` is the union of
+    every rank's names (a rank may have met no choice record), so every rank reduces the same tensor,
+    in one collective; ``zeros`` (2,) stands for a name this rank has not met (dtype and device of the
+    sums). A name no rank counted anything for is left out, as one process leaves it out.
+
+    >>> sums = {"loss": torch.tensor([6.0, 3.0])}  # e.g. 3 tokens, mean 2
+    >>> evaluation_means_over_ranks(sums, ["accuracy", "loss"], lambda t: t * 2, torch.zeros(2))  # 2 like ranks
+    {'loss': tensor(2.)}
+    """
+    if not names:
+        return {}
+    stacked = torch.stack([sums.get(name, zeros).to(zeros) for name in names])  # (names, 2)
+    totals = sum_over_ranks(stacked)
+    return {name: weighted / count for name, (weighted, count) in zip(names, totals.unbind()) if count > 0}

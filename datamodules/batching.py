@@ -91,12 +91,15 @@ def resume_position(epoch: int, global_step: int, batches_per_epoch: int, accumu
 
 
 class TypeGroupedBatchSampler(Sampler[list[int]]):
-    """Evaluation batches holding one question type each, in input order within a type.
+    """Evaluation batches holding one group each (the types generated with the same settings, see
+    ``SFTDataModule.answer_groups``; a type each without a module), longest prompt first within a group.
 
-    Generation settings differ per type, so a mixed batch needs one ``generate`` call per type;
-    on a CPU, one call over 8 rows costs about as much as one over 2 (reading the weights
-    dominates), so grouping cuts generation time several-fold. Answers are put back in input
-    order afterwards by their row index.
+    Generation settings can differ per type, so a batch mixing settings needs one ``generate`` call
+    per setting; on a CPU, one call over 8 rows costs about as much as one over 2 (reading the
+    weights dominates), so grouping cuts generation time several-fold. With ``lengths`` (prompt tokens per
+    row) a type's rows are sorted by them (longest first, ties in input order) before being cut into
+    batches, so a batch's rows need little left padding and the longest batch comes first (memory
+    runs out at once, if at all). Answers are put back in input order afterwards by their row index.
 
     Under data parallelism every rank builds the same batches and answers every ``num_replicas``-th
     one from its ``rank`` on. The last round is made whole by answering the first batches again (as
@@ -113,17 +116,22 @@ class TypeGroupedBatchSampler(Sampler[list[int]]):
     [[3], [0, 2]]
     >>> TypeGroupedBatchSampler(["a", "b", "a", "a"], 2, leave_out={0, 1}).batches
     [[2], [3]]
+    >>> TypeGroupedBatchSampler(["a", "b", "a", "a"], 2, lengths=[5, 9, 7, 5]).batches
+    [[2, 0], [3], [1]]
     """
 
     def __init__(self, record_types: list[str], batch_size: int, num_replicas: int = 1, rank: int = 0,
-                 leave_out: set[int] = frozenset()):
+                 leave_out: set[int] = frozenset(), lengths: list[int] | None = None):
         self.batch_size = batch_size
         rows_by_type: dict[str, list[int]] = {}
         for row, record_type in enumerate(record_types):
             rows_by_type.setdefault(record_type, []).append(row)
+        if lengths is not None:  # sorted is stable: equal lengths stay in input order
+            rows_by_type = {key: sorted(rows, key=lambda row: -lengths[row]) for key, rows in rows_by_type.items()}
         all_batches = [kept for rows in rows_by_type.values() for i in range(0, len(rows), batch_size)
                        if (kept := [row for row in rows[i : i + batch_size] if row not in leave_out])]
         self.batches = rank_share(all_batches, num_replicas, rank)  # what this rank answers
+        self.repeated = repeated_in_share(len(all_batches), num_replicas, rank)  # its last ones, if any
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -145,8 +153,45 @@ def rank_share(batches: list, num_replicas: int, rank: int) -> list:
     return whole_rounds[rank::num_replicas]
 
 
+def repeated_in_share(num_batches: int, num_replicas: int, rank: int) -> int:
+    """How many of ``rank_share``'s batches for ``rank`` are repeats (0 or 1, always its last).
+
+    >>> [repeated_in_share(3, 2, rank) for rank in (0, 1)]
+    [0, 1]
+    """
+    if not num_batches:
+        return 0
+    last_round = math.ceil(num_batches / num_replicas) - 1
+    return int(last_round * num_replicas + rank >= num_batches)
+
+
+class InOrderBatchSampler(Sampler[list[int]]):
+    """Batches of consecutive examples in input order (validation loss); under data parallelism each
+    rank takes every ``num_replicas``-th batch, the last round made whole by repeating the first
+    batches, as ``TypeGroupedBatchSampler`` does. Torch's DistributedSampler, which Lightning would
+    put in instead, repeats single examples that no one can tell apart afterwards: the repeated batches
+    here are known (``repeated``) and ``AnsweringBatches`` flags them, so the module counts them
+    nowhere and the validation loss over all ranks is the one-process loss.
+
+    >>> InOrderBatchSampler(5, 2, num_replicas=2, rank=1).batches, InOrderBatchSampler(5, 2, 2, 1).repeated
+    ([[2, 3], [0, 1]], 1)
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, num_replicas: int = 1, rank: int = 0):
+        all_batches = [list(range(i, min(i + batch_size, num_examples))) for i in range(0, num_examples, batch_size)]
+        self.batches = rank_share(all_batches, num_replicas, rank)
+        self.repeated = repeated_in_share(len(all_batches), num_replicas, rank)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+
 class AnsweringBatches(Iterable):
-    """A DataLoader of ``TypeGroupedBatchSampler`` batches that Lightning iterates as it is.
+    """A DataLoader of ``TypeGroupedBatchSampler`` batches (or ``InOrderBatchSampler``'s, for the
+    validation loss under data parallelism) that Lightning iterates as it is.
 
     Lightning rebuilds a test or predict DataLoader to put a DistributedSampler (under data
     parallelism) or an index-tracking wrapper (predict) into its batch sampler, which a batch
@@ -162,7 +207,13 @@ class AnsweringBatches(Iterable):
         return len(self.dataloader)
 
     def __iter__(self) -> Iterator[dict]:
-        return iter(self.dataloader)
+        """The batches; those that only make a rank's last round whole carry ``repeated_batch: True``
+        (their answers duplicate an earlier batch's; the module leaves their losses out)."""
+        first_repeat = len(self.dataloader) - getattr(self.batch_sampler, "repeated", 0)
+        for position, batch in enumerate(self.dataloader):
+            if position >= first_repeat:
+                batch["repeated_batch"] = True
+            yield batch
 
 
 # The answer writers read each answer's row index, not Lightning's batch indices, which only a

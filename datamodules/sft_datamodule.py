@@ -11,17 +11,20 @@ from core.step_loss import StepTokenCounts
 from datamodules.batching import (
     AnsweringBatches,
     EpochBatchSampler,
+    InOrderBatchSampler,
     LengthGroupedBatchSampler,
     TypeGroupedBatchSampler,
     resume_position,
 )
 from datamodules.collate import PromptCollator, training_collator
+from datamodules.packing import PackedCollator, TokenBudgetBatchSampler
 from core.record import Metric, Record
 from datamodules.chat_tokens import TrainOn
 from datamodules.formats import Format, SpeakerRole
 from datamodules.mixing import Mixture, TrainSource, check_sources, read_mixture
 from datamodules.normalize import ConversationSpec, read_records
 from datamodules.preprocess import TokenStats, build_prompt_examples, build_training_examples
+from datamodules.token_cache import cached_split, default_cache_dir, split_key
 from core.tokenizer import load_tokenizer
 
 
@@ -41,8 +44,12 @@ class SFTDataModule(L.LightningDataModule):
         max_length: int = 1024,
         batch_size: int = 4,
         group_by_length: bool = True,
+        padding_free: bool = False,
+        max_tokens_per_batch: int | None = None,
         eval_batch_size: int | None = None,
+        answer_batch_size: int = 32,
         num_workers: int = 0,
+        cache_tokens: bool = True,
         tokenizer_name_or_path: str | None = None,
         trust_remote_code: bool = False,
         chat_template: str | None = None,
@@ -66,8 +73,20 @@ class SFTDataModule(L.LightningDataModule):
             max_length: Examples longer than this many tokens are cut (and counted).
             batch_size: Training micro-batch size (sequences).
             group_by_length: Batch training examples of similar length together (less padding).
-            eval_batch_size: Batch size for validation, test and predict (default: batch_size).
+            padding_free: Put each training (and validation-loss) micro-batch's examples end to end in one
+                row, positions restarting at each example, attention kept inside each example by the
+                kernel: no padding. Not with prompt-learning PEFT methods (prefix, prompt, p-tuning).
+            max_tokens_per_batch: Fill each training micro-batch up to this many tokens (lengths added up
+                with padding_free, else rows × the longest row) instead of batch_size rows; an example
+                longer than this goes alone. Batches are made once per seed, shuffled every epoch.
+            eval_batch_size: Batch size of the validation loss (default: batch_size).
+            answer_batch_size: Most prompts answered together (predict, test and validation answers); rows
+                of one question type, sorted by prompt length. Decoding costs about as much for 32 rows as
+                for 8 on a CPU (benchmarks/predict/cpu.md); lower it if the KV cache runs out of memory.
             num_workers: DataLoader worker processes.
+            cache_tokens: Keep each split's tokens on disk ($SFT_TOKEN_CACHE, else
+                ~/.cache/lightning-sft/tokens), keyed by the records, the tokenizer and the options, so the
+                next run over the same data skips tokenising.
             tokenizer_name_or_path: Set from model.model_name_or_path; do not set it in YAML.
             trust_remote_code: Set from model.trust_remote_code; do not set it in YAML.
             chat_template: Set from model.chat_template; do not set it in YAML.
@@ -86,8 +105,15 @@ class SFTDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.batch_size = batch_size
         self.group_by_length = group_by_length
+        if max_tokens_per_batch is not None and max_tokens_per_batch < 1:
+            raise ValueError(f"data.max_tokens_per_batch must be at least 1 (or null for batch_size rows), "
+                             f"got {max_tokens_per_batch}")
+        self.padding_free = padding_free
+        self.max_tokens_per_batch = max_tokens_per_batch
         self.eval_batch_size = eval_batch_size or batch_size
+        self.answer_batch_size = answer_batch_size
         self.num_workers = num_workers
+        self.token_cache_dir = default_cache_dir() if cache_tokens else None
         self.tokenizer_name_or_path = tokenizer_name_or_path
         self.trust_remote_code = trust_remote_code
         self.chat_template = chat_template
@@ -126,19 +152,23 @@ class SFTDataModule(L.LightningDataModule):
     def training_examples(self, split: str):
         """Tokenized, masked examples of a split (built once), with their statistics logged."""
         if split not in self.examples:
-            path = self.split_path(split)
-            examples, stats = build_training_examples(
-                self.records(split), self.tokenizer, self.spec.train_on, self.max_length, path
-            )
+            path, records = self.split_path(split), self.records(split)
+            options = {"train_on": self.spec.train_on, "max_length": self.max_length}
+            key = split_key("training", records, lambda record: record.messages, self.tokenizer, options)
+            examples, stats, from_cache = cached_split(self.token_cache_dir, key, lambda: build_training_examples(
+                records, self.tokenizer, self.spec.train_on, self.max_length, path), TokenStats)
             self.examples[split], self.token_stats[split] = examples, stats
-            rank_zero_info(stats.summary(split))
+            rank_zero_info(stats.summary(split) + (" (tokens from the cache)" if from_cache else ""))
             if split == "train" and self.mixture is not None:
                 rank_zero_info(self.mixture.summary(split))
         return self.examples[split]
 
     def prompt_examples(self, split: str = "predict"):
         if split not in self.examples:
-            self.examples[split] = build_prompt_examples(self.records(split), self.tokenizer, self.split_path(split))
+            records, path = self.records(split), self.split_path(split)
+            key = split_key("prompts", records, lambda record: record.prompt_messages, self.tokenizer, {})
+            self.examples[split], _, _ = cached_split(
+                self.token_cache_dir, key, lambda: (build_prompt_examples(records, self.tokenizer, path), None))
         return self.examples[split]
 
     def setup(self, stage: str) -> None:
@@ -164,11 +194,13 @@ class SFTDataModule(L.LightningDataModule):
                           num_workers=self.num_workers)
 
     def train_dataloader(self):
-        examples, collator = self.training_examples("train"), self.collator_for_training()
+        examples, collator = self.training_examples("train"), self.collator_for_loss()
         seed = torch.initial_seed()  # what seed_everything set: the run's seed
         ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank} if self.trainer else {}
-        if self.group_by_length:
-            lengths = [len(ids) for ids in examples["input_ids"]]
+        lengths = [len(ids) for ids in examples["input_ids"]]
+        if self.max_tokens_per_batch is not None:
+            batches = TokenBudgetBatchSampler(lengths, self.max_tokens_per_batch, seed, self.padding_free, **ranks)
+        elif self.group_by_length:
             batches = LengthGroupedBatchSampler(lengths, self.batch_size, seed, **ranks)
         else:
             batches = EpochBatchSampler(len(examples), self.batch_size, seed, **ranks)
@@ -183,20 +215,38 @@ class SFTDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if not self.paths["val"]:
             return []
-        return self._loader(self.training_examples("val"), self.eval_batch_size, self.collator_for_training())
+        examples = self.training_examples("val")
+        if self.trainer is None or self.trainer.world_size == 1:
+            return self._loader(examples, self.eval_batch_size, self.collator_for_loss())
+        # Each rank every world-size-th batch, the repeats that even the rounds flagged (the loss leaves them out)
+        batches = InOrderBatchSampler(len(examples), self.eval_batch_size, self.trainer.world_size,
+                                      self.trainer.global_rank)
+        return AnsweringBatches(DataLoader(examples.with_format(None), batch_sampler=batches,
+                                           collate_fn=self.collator_for_loss(), num_workers=self.num_workers))
 
     def answering_loader(self, examples, collate_fn, answered: set[str] = frozenset(),
                          split_across_ranks: bool = False) -> AnsweringBatches:
-        """Batches of one question type each, for the splits whose answers are generated; records in
-        ``answered`` are left out (an interrupted run's whole batches: the rest batch as before). With
-        ``split_across_ranks``, each data-parallel rank gets its share of the batches."""
+        """Batches of one generation setting each (``answer_groups``), for the splits whose answers are
+        generated; records in ``answered`` are left out (an interrupted run's whole batches: the rest
+        batch as before). With ``split_across_ranks``, each data-parallel rank gets its share."""
         ranks = {}
         if split_across_ranks and self.trainer is not None:
             ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank}
         leave_out = {row for row, record_id in enumerate(examples["id"]) if record_id in answered} if answered else set()
-        batches = TypeGroupedBatchSampler(examples["record_type"], self.eval_batch_size, leave_out=leave_out, **ranks)
+        batches = TypeGroupedBatchSampler(self.answer_groups(examples["record_type"]), self.answer_batch_size,
+                                          leave_out=leave_out,
+                                          lengths=prompt_lengths(examples), **ranks)
         return AnsweringBatches(DataLoader(examples.with_format(None), batch_sampler=batches, collate_fn=collate_fn,
                                            num_workers=self.num_workers))
+
+    def answer_groups(self, record_types: list[str]) -> list[str]:
+        """What may share an answering batch: rows generated with the same settings. The module's
+        generation plan says which types share settings (by default every type but code-generate,
+        which is sampled); without a module, each type is its own group."""
+        plan = getattr(getattr(self.trainer, "lightning_module", None), "generation", None)
+        if plan is None or not hasattr(plan, "key_for_type"):
+            return list(record_types)
+        return [plan.key_for_type(record_type) for record_type in record_types]
 
     def answer_dataloader(self, split: str, num_records: int | None = None) -> AnsweringBatches:
         """The first ``num_records`` labelled records of a split, batched for answering (validation answers)."""
@@ -225,3 +275,16 @@ class SFTDataModule(L.LightningDataModule):
     def collator_for_training(self):
         """Right-padded sequences with answer-only labels, plus the head fields (train/val/test)."""
         return training_collator(pad_token_id=self.tokenizer.pad_token_id)
+
+    def collator_for_loss(self):
+        """Training and validation-loss batches: packed with ``padding_free``, else as ``collator_for_training``."""
+        if self.padding_free:
+            return PackedCollator(pad_token_id=self.tokenizer.pad_token_id)
+        return self.collator_for_training()
+
+
+def prompt_lengths(examples) -> list[int]:
+    """Prompt tokens of each answering example: its ``prompt_ids`` (predict), else up to its answer position."""
+    if "prompt_ids" in examples.column_names:
+        return [len(ids) for ids in examples["prompt_ids"]]
+    return [position + 1 for position in examples["answer_position"]]

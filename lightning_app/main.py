@@ -41,8 +41,9 @@ def user_errors() -> tuple[type[Exception], ...]:
     """What bad input or a bad setting raises: said in one message, without a traceback."""
     from core.step_loss import AccumulationMismatchError
     from core.tokenizer import ModelLoadError
+    from modules.quantization import NeedsCUDAError
 
-    return (ValueError, FileNotFoundError, ModelLoadError, AccumulationMismatchError)
+    return (ValueError, FileNotFoundError, ModelLoadError, AccumulationMismatchError, NeedsCUDAError)
 
 
 if __name__ == "__main__":

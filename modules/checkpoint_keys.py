@@ -3,12 +3,22 @@
 PEFT checkpoints keep only trainable weights and load with ``strict=False``. Non-strict loading
 would silently ignore weights from a run with another PEFT config or model, so the keys are
 checked here instead: every checkpoint weight must exist in the model, and every trainable weight
-of the model must come from the checkpoint.
+of the model must come from the checkpoint. Names are compared without FSDP's wrapper modules
+(``modules/sharding.py``), as the full state dict FSDP gathers names them.
 """
+
+from modules.sharding import clean_name
 
 
 def trainable_names(module) -> set[str]:
-    return {name for name, parameter in module.named_parameters() if parameter.requires_grad}
+    return {clean_name(name) for name, parameter in module.named_parameters() if parameter.requires_grad}
+
+
+def model_names(module) -> set[str]:
+    """Every weight and buffer name of ``module`` (not ``state_dict()``: under FSDP that is a collective
+    that gathers the whole model); tied weights under each of their names, as a state dict has them."""
+    named = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+    return {clean_name(name) for name, _ in named}
 
 
 def trainable_state(module, state_dict: dict) -> dict:
@@ -22,7 +32,7 @@ def _examples(names: set[str]) -> str:
 
 
 def check_checkpoint_keys(module, checkpoint_state: dict) -> None:
-    model_keys = set(module.state_dict())
+    model_keys = model_names(module)
     unexpected = set(checkpoint_state) - model_keys
     if unexpected:
         raise ValueError(

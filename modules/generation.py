@@ -4,6 +4,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from modules.decoding import can_decode, decode
+
 
 @dataclass
 class GenerationSettings:
@@ -45,19 +47,33 @@ class GenerationPlan:
     def for_type(self, record_type: str) -> GenerationSettings:
         return self.per_type.get(record_type, self.default)
 
+    def key_for_type(self, record_type: str) -> str:
+        """The same for two types exactly when they are generated with the same settings."""
+        return repr(self.for_type(record_type))
+
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, input_ids, attention_mask, settings: GenerationSettings) -> list:
-    """Continue left-padded prompts (batch, seq); one string per row, or a list of samples."""
-    output_ids = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **settings.generate_kwargs(),
-    )  # (batch * num_samples, seq + new)
-    texts = tokenizer.batch_decode(output_ids[:, input_ids.shape[1] :], skip_special_tokens=True)
-    texts = [text.strip() for text in texts]
+    """Continue left-padded prompts (batch, seq); one string per row, or a list of samples.
+
+    ``modules/decoding.py``'s loop, in which finished rows leave the batch, serves the models it can
+    (greedy answers equal ``generate``'s); the others (prompt-learning PEFT methods) use ``generate``.
+    """
+    first_column = int(attention_mask.any(dim=0).float().argmax())  # padding every row has is dropped
+    input_ids, attention_mask = input_ids[:, first_column:], attention_mask[:, first_column:]
+    if can_decode(model):
+        new_tokens = decode(model, input_ids, attention_mask, [tokenizer.eos_token_id], settings.max_new_tokens,
+                            settings.do_sample, settings.temperature, settings.top_p, settings.num_samples)
+    else:
+        output_ids = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **settings.generate_kwargs(),
+        )  # (batch * num_samples, seq + new)
+        new_tokens = output_ids[:, input_ids.shape[1] :]
+    texts = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     if settings.num_samples == 1:
         return texts
     n = settings.num_samples
@@ -65,14 +81,16 @@ def generate_answers(model, tokenizer, input_ids, attention_mask, settings: Gene
 
 
 def generate_for_rows(model, tokenizer, batch: dict, plan: GenerationPlan, rows: list[int]) -> list:
-    """Answers for ``rows`` of a batch, each row generated with its question type's settings."""
+    """Answers for ``rows`` of a batch, each row generated with its question type's settings: one
+    call per distinct setting, so types that share settings (every greedy type by default) decode together."""
     answers: dict[int, str | list[str]] = {}
-    rows_by_type: dict[str, list[int]] = {}
+    rows_by_settings: dict[str, list[int]] = {}
     for row in rows:
-        rows_by_type.setdefault(batch["types"][row], []).append(row)
-    for record_type, type_rows in rows_by_type.items():
-        selected = torch.tensor(type_rows, device=batch["prompt_ids"].device)
+        rows_by_settings.setdefault(plan.key_for_type(batch["types"][row]), []).append(row)
+    for same_settings_rows in rows_by_settings.values():
+        selected = torch.tensor(same_settings_rows, device=batch["prompt_ids"].device)
+        settings = plan.for_type(batch["types"][same_settings_rows[0]])
         generated = generate_answers(model, tokenizer, batch["prompt_ids"][selected],
-                                     batch["prompt_attention_mask"][selected], plan.for_type(record_type))
-        answers.update(zip(type_rows, generated))
+                                     batch["prompt_attention_mask"][selected], settings)
+        answers.update(zip(same_settings_rows, generated))
     return [answers[row] for row in rows]

@@ -6,6 +6,8 @@ Read top to bottom: 1. build (in ``configure_model``, so ``sft inspect`` never l
 5. checkpoints (PEFT runs save only the trainable weights), 6. optimizer and schedule.
 """
 
+import warnings
+from contextlib import ExitStack
 from typing import Any
 
 import lightning as L
@@ -19,6 +21,7 @@ from transformers.integrations.neftune import activate_neftune
 from core.embedded import resolve_model_path
 from core.step_loss import (
     check_window,
+    evaluation_means_over_ranks,
     starts_window,
     step_losses_over_ranks,
     summed_over_ranks,
@@ -27,11 +30,15 @@ from core.step_loss import (
 )
 from core.tokenizer import load_tokenizer
 from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
+from modules.answer_merging import adapters_merged
 from modules.generation import GenerationPlan, GenerationSettings, default_per_type
 from modules.heads import Head, LMHead
 from modules.heads.choice_export import restore_choice_head
+from modules.heads.kept_logits import refuse_packing
+from modules.compiling import compile_repeated_blocks, eager_generation
+from modules.kernels import apply_liger_kernels, require_liger
 from modules.loading import Dtype, follow_tokenizer, load_causal_lm
-from modules.optim import Schedule, parameter_groups, schedule
+from modules.optim import Schedule, one_dimensional_names, parameter_groups, schedule, with_fused_step
 from modules.adalora_budget import AdaLoraBudget
 from modules.peft_setup import apply_peft, trainable_parameter_counts
 from modules.quantization import (
@@ -41,6 +48,11 @@ from modules.quantization import (
     require_cuda_for_quantization,
 )
 from modules.resume import follow_current_schedule, mark_cut_epoch_unfinished, rebuild_train_loader_after_restore
+from modules.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding
+
+
+# Validation and test means are reduced over the ranks here (``_log_evaluation``), then logged as they are.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
 
 
 class SFTModule(L.LightningModule):
@@ -52,11 +64,13 @@ class SFTModule(L.LightningModule):
         head: Head | None = None,
         dtype: Dtype = "float32",
         attn_implementation: str | None = None,
+        liger_kernels: bool = False,
         config_overrides: dict[str, Any] | None = None,
         neftune_alpha: float | None = None,
         trust_remote_code: bool = False,
         chat_template: str | None = None,
         gradient_checkpointing: bool = False,
+        torch_compile: bool = False,
         quantization: Quantization | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: Schedule = "cosine",
@@ -75,6 +89,9 @@ class SFTModule(L.LightningModule):
             head: The output head; default the causal-LM head.
             dtype: Weights' dtype when loading.
             attn_implementation: eager, sdpa, flash_attention_2 ... (default: transformers' choice).
+            liger_kernels: Liger's fused Triton kernels for RMSNorm, RoPE and SwiGLU (CUDA GPUs; Llama,
+                Qwen, Mistral, Gemma, Phi-3 families; pip install -e '.[liger]'): less activation memory
+                and memory traffic. The weights and checkpoints are unchanged.
             config_overrides: Settings of the model's config.json replaced at load time, e.g.
                 {rope_parameters: {rope_type: linear, factor: 2.0}, max_position_embeddings: 4096}; an unknown
                 key is an error. Give the same to predict and test (they are not saved in the checkpoint).
@@ -87,6 +104,9 @@ class SFTModule(L.LightningModule):
                 the embeddings and trains the new rows, under LoRA too) or the path of a Jinja template
                 file. The data module follows; give the same to predict and test.
             gradient_checkpointing: Recompute activations in backward to save memory.
+            torch_compile: Compile the decoder layers with torch.compile (one graph shared by all layers,
+                dynamic lengths; generation stays eager). The first step carries the compile time,
+                reported apart as time/first_step_seconds.
             quantization: Load the frozen base in 4 bits (QLoRA: NF4, double quantization, bfloat16
                 compute) or 8 bits with bitsandbytes, to fit bigger models in GPU memory; needs a
                 peft_config (quantized weights cannot be trained) and a CUDA GPU.
@@ -115,6 +135,7 @@ class SFTModule(L.LightningModule):
         self.head = head if head is not None else LMHead()
         self.dtype_name = dtype
         self.attn_implementation = attn_implementation
+        self.liger_kernels = liger_kernels
         if neftune_alpha is not None and not neftune_alpha > 0:
             raise ValueError(f"model.neftune_alpha must be > 0 (the paper uses 5), got {neftune_alpha}")
         self.config_overrides = config_overrides
@@ -122,6 +143,7 @@ class SFTModule(L.LightningModule):
         self.trust_remote_code = trust_remote_code
         self.chat_template = chat_template
         self.gradient_checkpointing = gradient_checkpointing
+        self.torch_compile = torch_compile
         self.quantization = quantization
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
@@ -130,11 +152,13 @@ class SFTModule(L.LightningModule):
         per_type = default_per_type() if generation_per_type is None else generation_per_type
         self.generation = GenerationPlan(generation or GenerationSettings(), per_type)
         self.model = None
+        self.one_dimensional: set[str] | None = None  # set by configure_model (modules/optim.py)
         self._tokenizer = None
         self.tokens_seen = 0
         self.trained_tokens_seen = 0
         self._step_losses: dict[str, torch.Tensor] = {}  # summed over the micro-batches of the current step
         self._step_totals: dict[str, torch.Tensor] = {}  # the current step's totals, over every rank
+        self._evaluation_sums: dict[str, torch.Tensor] = {}  # per metric (sum of value × count, count), this rank
         # PEFT checkpoints hold only the trainable weights; the frozen base comes from the model.
         self.strict_loading = peft_config is None
 
@@ -142,29 +166,47 @@ class SFTModule(L.LightningModule):
     def prepare_data(self) -> None:
         """Runs before the data module reads the tokenizer: a missing GPU stops the run before any download."""
         require_cuda_for_quantization(self.quantization)
+        require_liger(self.liger_kernels)
+
+    def setup(self, stage: str) -> None:
+        """Before the model loads: a PEFT method that cannot take the data module's packed batches stops the run."""
+        if stage in ("fit", "validate") and getattr(getattr(self.trainer, "datamodule", None), "padding_free", False):
+            refuse_packing(self.peft_config)
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        if self._trainer is not None:  # before any weight is read
+            refuse_quantized_sharding(self.trainer.strategy, self.quantization)
+        self.model = self.build_backbone()
+        if self.neftune_alpha is not None:  # the hook adds noise only while the embeddings are in train mode
+            activate_neftune(self.model, self.neftune_alpha)
+        if self.torch_compile:
+            rank_zero_info(f"compiled {compile_repeated_blocks(self.model)} decoder layers (torch.compile)")
+        self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
+        self.head.setup(self.model, self.tokenizer)
+        restore_choice_head(self.head, resolve_model_path(self.model_name_or_path))
+        # Counted over the whole module: the backbone (with any adapter) and the head's own weights.
+        self.one_dimensional = one_dimensional_names(self)  # no weight decay; named while whole (FSDP flattens)
+        self.trainable_parameters, self.total_parameters = trainable_parameter_counts(self)
+        self.trainable_share = self.trainable_parameters / self.total_parameters
+        rank_zero_info(f"trainable parameters: {self.trainable_parameters:,} of {self.total_parameters:,} "
+                       f"({100 * self.trainable_share:.3f}%)")
+
+    def build_backbone(self):
+        """The causal LM with its PEFT wrapper, as configured (also what a sharded run's merged export
+        is rebuilt from on rank 0: modules/sharding.py)."""
         model = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation,
                                quantization=self.quantization, init_from_config=self.init_from_config,
                                config_overrides=self.config_overrides, trust_remote_code=self.trust_remote_code)
+        if self.liger_kernels:  # before PEFT: Liger patches the transformers modules it knows
+            apply_liger_kernels(model)
         new_token_ids = []  # tokens added for model.chat_template: their rows are trained, under PEFT too
         if self.chat_template is not None:  # before PEFT: the adapter wraps the grown embeddings
             follow_tokenizer(model, self.tokenizer)
             new_token_ids = self.tokenizer.added_template_token_ids
         self._prepare_for_training(model)
-        self.model = apply_peft(model, self.peft_config, new_token_ids)
-        if self.neftune_alpha is not None:  # the hook adds noise only while the embeddings are in train mode
-            activate_neftune(self.model, self.neftune_alpha)
-        self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
-        self.head.setup(self.model, self.tokenizer)
-        restore_choice_head(self.head, resolve_model_path(self.model_name_or_path))
-        # Counted over the whole module: the backbone (with any adapter) and the head's own weights.
-        self.trainable_parameters, self.total_parameters = trainable_parameter_counts(self)
-        self.trainable_share = self.trainable_parameters / self.total_parameters
-        rank_zero_info(f"trainable parameters: {self.trainable_parameters:,} of {self.total_parameters:,} "
-                       f"({100 * self.trainable_share:.3f}%)")
+        return apply_peft(model, self.peft_config, new_token_ids)
 
     def _prepare_for_training(self, model) -> None:
         """A quantized base gets peft's k-bit preparation (it also handles gradient checkpointing)."""
@@ -233,23 +275,68 @@ class SFTModule(L.LightningModule):
 
     # 3. Evaluate --------------------------------------------------------------------------------
     def _evaluation_step(self, batch: dict, stage: str) -> None:
-        """Token-mean losses and accuracies, each weighted by what it is a mean over."""
-        for name, value in self.head.evaluation(self.model, batch).items():
+        """Token-mean losses and accuracies, each weighted by what it is a mean over: summed here,
+        divided once at the epoch's end over every rank's sums, so a run on N ranks logs the
+        one-process value."""
+        values = self.head.evaluation(self.model, batch)  # also on a repeated batch: sharded weights need every rank
+        if batch.get("repeated_batch"):  # it only evens the ranks' last round (datamodules/batching.py)
+            return
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        for name, value in values.items():
             if value.count:
-                self.log(f"{stage}/{name}", value.value, batch_size=value.count, on_epoch=True,
-                         prog_bar=(name == "loss"))
+                weighted = torch.stack([torch.as_tensor(value.value).detach().to(self.device, dtype) * value.count,
+                                        torch.tensor(float(value.count), dtype=dtype, device=self.device)])
+                self._evaluation_sums[name] = self._evaluation_sums.get(name, 0) + weighted
+
+    def _log_evaluation(self, stage: str) -> None:
+        """Every rank, at the epoch's end: the means over every rank's batches (one collective)."""
+        sums, self._evaluation_sums = self._evaluation_sums, {}
+        zeros = torch.zeros(2, dtype=torch.float32 if self.device.type == "mps" else torch.float64, device=self.device)
+        means = evaluation_means_over_ranks(sums, self._names_over_ranks(sums), self._sum_over_ranks, zeros)
+        for name, value in means.items():
+            self.log(f"{stage}/{name}", value.float(), batch_size=1, prog_bar=(name == "loss"))
+
+    def _names_over_ranks(self, names) -> list[str]:
+        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return sorted(names)
+        every_rank = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(every_rank, sorted(names))
+        return sorted(set().union(*every_rank))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
 
     def test_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Test loss, and answers for the answer-metrics callback to score against the references."""
         self._evaluation_step(batch, "test")
         return self.predict_step(batch, batch_idx)
 
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+        self._answering_merge.close()
+
     # 4. Predict ---------------------------------------------------------------------------------
+    def on_test_epoch_start(self) -> None:
+        self._merge_for_answering()
+
+    def on_predict_epoch_start(self) -> None:
+        self._merge_for_answering()
+
+    def on_predict_epoch_end(self) -> None:
+        self._answering_merge.close()
+
+    def _merge_for_answering(self) -> None:
+        """LoRA-family adapters merged into the weights until the epoch ends (one matmul per layer and
+        step instead of three); unmerged without a copy, as nothing trains after (modules/answer_merging.py)."""
+        self._answering_merge = ExitStack()
+        self._answering_merge.enter_context(adapters_merged(self.model, restore_exactly=False))
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        answers = self.head.predict(self.model, self.tokenizer, batch, self.generation)
+        with eager_generation():  # compiled layers (model.torch_compile) run eagerly with a KV cache
+            answers = self.head.predict(self.model, self.tokenizer, batch, self.generation)
         return [
             {"id": record_id, "type": record_type, "content": answer, "row_index": int(row)}
             for record_id, record_type, answer, row in zip(batch["ids"], batch["types"], answers, batch["row_index"])
@@ -260,16 +347,21 @@ class SFTModule(L.LightningModule):
         mark_cut_epoch_unfinished(self.trainer, checkpoint)  # a budget-stopped epoch resumes where it stopped
         if self.peft_config is not None:
             checkpoint["state_dict"] = trainable_state(self, checkpoint["state_dict"])
+        if "optimizer_states" in checkpoint:  # keyed as FSDP keys them, so any layout resumes any other
+            checkpoint["optimizer_states"] = optimizer_states_keyed_by_position(
+                self, self.trainer.optimizers, checkpoint["optimizer_states"])
         checkpoint["tokens_seen"] = [self.tokens_seen, self.trained_tokens_seen]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        check_checkpoint_keys(self, checkpoint["state_dict"])
+        if "state_dict" in checkpoint:  # DeepSpeed loads the weights itself and hands over the rest only
+            check_checkpoint_keys(self, checkpoint["state_dict"])
         self.tokens_seen, self.trained_tokens_seen = checkpoint.get("tokens_seen", [0, 0])
 
     # 6. Optimizer and schedule -------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(parameter_groups(self.named_parameters(), self.head_lr))
+        optimizer = self.optimizer_factory(parameter_groups(self.named_parameters(), self.head_lr, self.one_dimensional))
         require_cuda_for_optimizer(optimizer)
+        optimizer = with_fused_step(optimizer)  # Adam(W) without a chosen implementation: the fused kernel
         total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = schedule(optimizer, self.lr_schedule, self.warmup, total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

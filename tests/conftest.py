@@ -20,6 +20,12 @@ def tiny_qwen_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _token_cache_per_test(tmp_path_factory, monkeypatch):
+    """Each test its own token cache (datamodules/token_cache.py): none reads another's tokens or the user's."""
+    monkeypatch.setenv("SFT_TOKEN_CACHE", str(tmp_path_factory.mktemp("token-cache")))
+
+
+@pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     torch.set_num_threads(2)

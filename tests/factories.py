@@ -63,16 +63,19 @@ def typed_batch(model_dir, tmp_path, records, batch_size=None, name="typed.jsonl
 
 def greedy_answering_config(model_dir, folder: Path, records: list[dict]) -> str:
     """A config that answers ``records`` (predict and labelled test) greedily with the tiny model:
-    every type deterministic, so reruns and other process counts must give the same bytes."""
+    every type deterministic, so reruns and other process counts must give the same bytes. Each type
+    gets its own answer length, so its own settings, so batches hold one type each (types generated
+    alike share batches) and the tests' batch lists stay short to write."""
     config = {
         "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
                     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                "init_args": {"save_dir": "runs", "name": "answers"}}},
         "model": {"model_name_or_path": str(model_dir), "generation": {"max_new_tokens": 4},
-                  "generation_per_type": {}},
+                  "generation_per_type": {record_type: {"max_new_tokens": 4 + offset} for offset, record_type in
+                                          enumerate(["choice", "code-generate", "generic-generate", "math"])}},
         "data": {"predict_path": write_jsonl(folder / "predict.jsonl", records),
                  "test_path": write_jsonl(folder / "labelled.jsonl", records),
-                 "format": "typed", "batch_size": 2},
+                 "format": "typed", "batch_size": 2, "answer_batch_size": 2},
     }
     path = folder / "greedy.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -82,12 +82,17 @@ def test_promised_keys_are_logged_with_positive_values(lora_run):
 
 
 def test_epoch_figures_agree_with_each_other(lora_run):
-    trainer, _, (_, throughput, _, _) = lora_run
+    trainer, _, (_, throughput, _, recorder) = lora_run
     figures = throughput.summary
     assert trainer.global_step == TRAIN_BATCHES
     assert figures["step_seconds"] == pytest.approx(figures["epoch_seconds"] / TRAIN_BATCHES)
     assert figures["samples_per_second"] == pytest.approx(2 * TRAIN_BATCHES / figures["epoch_seconds"])
     assert figures["tokens_per_second"] == pytest.approx(figures["epoch_tokens"] / figures["epoch_seconds"])
+    # the first step (compile time, allocator warm-up) apart, and the steady rate of the steps after it
+    assert 0 < figures["first_step_seconds"] < figures["epoch_seconds"]
+    first_step_tokens = int(recorder.attention_masks[0].sum())  # one batch per optimizer step here
+    assert figures["tokens_per_second_after_first_step"] == pytest.approx(
+        (figures["epoch_tokens"] - first_step_tokens) / (figures["epoch_seconds"] - figures["first_step_seconds"]))
 
 
 # Real tokens, not padding ----------------------------------------------------------------------------

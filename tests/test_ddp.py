@@ -119,3 +119,20 @@ def test_ddp_on_two_processes_trains_as_one_process_and_checkpoints_cross_over(d
     on_two_dir = tmp_path / "runs" / "on_two" / "version_0"
     assert step_losses(on_two_dir) == pytest.approx(step_losses(whole_dir)[2:], abs=1e-5)
     assert_same_weights(adapter_weights(on_two_dir), adapter_weights(whole_dir))
+
+
+def test_ddp_validation_loss_is_the_one_process_loss_over_every_rank(ddp_config, tmp_path):
+    """11 validation records in batches of 4: 3 batches, rank 1 repeats batch 0 to even the rounds.
+    val/loss is summed over both ranks' batches (token-weighted), the repeat left out: one process's value."""
+    config = yaml.safe_load(Path(ddp_config).read_text())
+    config["data"].update(val_path=write_jsonl(tmp_path / "val.jsonl", RECORDS[:11]), eval_batch_size=4)
+    Path(ddp_config).write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "lightning_app", "validate", "--config", ddp_config,
+               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.logger.init_args.name", "val_ddp"]
+    ddp = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-4000:]
+    main(["validate", "--config", ddp_config, "--trainer.logger.init_args.name", "val_one"])
+    losses = [EventAccumulator(str(tmp_path / "runs" / name / "version_0")).Reload().Scalars("val/loss")[-1].value
+              for name in ("val_ddp", "val_one")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)

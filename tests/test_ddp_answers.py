@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_app.main import main
 from tests.factories import TYPED_RECORDS, greedy_answering_config
@@ -94,3 +95,7 @@ def test_test_on_two_processes_scores_every_answer_as_one_process(greedy_config,
     answers = "test_answers/predictions.json"
     assert (tmp_path / "ddp" / answers).read_bytes() == (tmp_path / "one" / answers).read_bytes()
     assert not list((tmp_path / "ddp" / "test_answers").glob("answers.partial*"))
+    # test/loss over both ranks' batches, rank 1's repeat of [t1, t6] left out: the one-process value.
+    one_loss, ddp_loss = (EventAccumulator(str(tmp_path / "runs" / "answers" / version)).Reload().Scalars("test/loss")[-1].value
+                          for version in ("version_0", "version_1"))
+    assert ddp_loss == pytest.approx(one_loss, rel=1e-6)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.batch_layout import example_rows
 from modules.generation import GenerationPlan, generate_for_rows
 
 
@@ -45,14 +46,15 @@ def prompt_forward(model: nn.Module, batch: dict, hidden: bool = False):
     attention_mask = batch["prompt_attention_mask"]
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
     return model(input_ids=batch["prompt_ids"], attention_mask=attention_mask, position_ids=position_ids,
-                 output_hidden_states=hidden, logits_to_keep=1)
+                 output_hidden_states=hidden, logits_to_keep=1, use_cache=False)
 
 
 def at_answer_positions(per_token: torch.Tensor, batch: dict, input_length: int) -> torch.Tensor:
-    """Rows of ``per_token`` (batch, seq, dim) at each row's ``answer_position`` → (batch, dim).
+    """``per_token`` (rows, seq, dim) at each example's ``answer_position`` → (examples, dim).
 
-    Prompt-learning PEFT methods prepend virtual tokens; the offset skips them.
+    Prompt-learning PEFT methods prepend virtual tokens; the offset skips them. In a packed batch
+    every example is in row 0 and its answer position indexes that row (``core.batch_layout``).
     """
     offset = per_token.shape[1] - input_length
-    rows = torch.arange(per_token.shape[0], device=per_token.device)
+    rows = example_rows(batch).to(per_token.device)
     return per_token[rows, batch["answer_position"].to(per_token.device) + offset]

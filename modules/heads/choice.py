@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from core.step_loss import step_divisor, trained_tokens_in
+from core.batch_layout import cells_of_examples
 from core.constants import IGNORE_INDEX
 from modules.generation import GenerationPlan, generate_for_rows
 from modules.heads import letters
@@ -82,7 +83,8 @@ class MultiHead(Head):
         """
         self._check_options(batch)
         choice_rows = batch["is_choice"]
-        lm_targets = next_token_labels(batch["labels"]).masked_fill(choice_rows[:, None], IGNORE_INDEX)
+        choice_cells = cells_of_examples(batch, choice_rows)  # (rows, seq): the tokens of choice records
+        lm_targets = next_token_labels(batch["labels"]).masked_fill(choice_cells, IGNORE_INDEX)
         keep = lm_targets != IGNORE_INDEX
         scored = letter_scored_rows(batch) if score_letters else torch.zeros_like(choice_rows)
         keep = with_answer_positions(keep, batch, scored)

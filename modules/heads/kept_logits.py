@@ -11,6 +11,7 @@ import torch
 from peft import PeftType
 from torch import nn
 
+from core.batch_layout import is_packed
 from core.constants import IGNORE_INDEX
 
 # Prompt-learning methods that put virtual tokens in front of the sequence (the logits grow with them);
@@ -34,9 +35,27 @@ def prepended_positions(model: nn.Module) -> int:
     raise NotImplementedError(f"{peft_config.peft_type} changes the model's inputs in a way the heads do not handle")
 
 
+# What a packed batch gives the kernels besides ``position_ids``: the examples' boundaries, so flash
+# attention's varlen path needs no device-to-host sync per layer to find them (SDPA and eager build
+# their block-diagonal mask from ``position_ids`` alone, transformers' find_packed_sequence_indices).
+PACKED_KERNEL_ARGUMENTS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def refuse_packing(peft_config) -> None:
+    """Prompt-learning PEFT methods cannot take packed batches: prompt tuning would put its virtual
+    tokens in front of the first example only, and prefix tuning's virtual keys (a cache) switch off
+    transformers' detection of packed sequences, so examples would attend to each other."""
+    if peft_config is not None and peft_config.is_prompt_learning:
+        raise ValueError(
+            f"data.padding_free: true cannot be used with model.peft_config {type(peft_config).__name__}: its virtual "
+            "tokens would be shared across the examples of a packed row. Set data.padding_free: false, or use an "
+            "adapter method (LoRA, DoRA, IA3, AdaLoRA ...)."
+        )
+
+
 def forward_keeping(model: nn.Module, batch: dict, keep: torch.Tensor, targets: torch.Tensor, divisor=None,
                     hidden: bool = False):
-    """One pass over the right-padded sequences, logits only for the True cells of ``keep`` (batch, seq).
+    """One pass over the right-padded (or packed) sequences, logits only for the True cells of ``keep`` (batch, seq).
 
     ``.logits`` is (kept, vocab); ``.loss`` is transformers' causal-LM loss of those logits against
     ``targets`` (next-token labels, see ``next_token_labels``) at the same cells, summed and divided
@@ -46,10 +65,15 @@ def forward_keeping(model: nn.Module, batch: dict, keep: torch.Tensor, targets: 
     position.
     """
     extra = {"num_items_in_batch": divisor} if divisor is not None else {}
+    # A packed row: no mask, positions restart at each example. use_cache=False (below) matters here too:
+    # with a cache (the config's default) transformers never looks for packed sequences.
+    if is_packed(batch):
+        extra.update(position_ids=batch["position_ids"], **{name: batch[name] for name in PACKED_KERNEL_ARGUMENTS})
     virtual = prepended_positions(model)
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                  logits_to_keep=nn.functional.pad(keep, (virtual, 0), value=False),
-                 labels=batch["labels"], shift_labels=targets[keep], output_hidden_states=hidden, **extra)
+                 labels=batch["labels"], shift_labels=targets[keep], output_hidden_states=hidden,
+                 use_cache=False, **extra)  # no KV cache: nothing reads it, and it would tie each layer to its index
 
 
 def kept_rows(keep: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

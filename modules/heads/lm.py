@@ -3,6 +3,7 @@
 import torch
 
 from core.step_loss import step_divisor, trained_tokens_in
+from core.batch_layout import example_rows
 from core.constants import IGNORE_INDEX
 from modules.generation import GenerationPlan, generate_for_rows
 from modules.heads import letters
@@ -63,14 +64,14 @@ class LMHead(Head):
 
 
 def letter_scored_rows(batch: dict) -> torch.Tensor:
-    """(batch,) True for labelled choice rows: those letter scoring is measured on."""
+    """(examples,) True for labelled choice records: those letter scoring is measured on."""
     return batch["is_choice"] & (batch["choice_label"] >= 0)
 
 
 def with_answer_positions(keep: torch.Tensor, batch: dict, rows: torch.Tensor) -> torch.Tensor:
-    """``keep`` plus each of ``rows``' answer position (where the option letter is predicted)."""
+    """``keep`` plus the answer position (where the option letter is predicted) of the examples in ``rows``."""
     keep = keep.clone()
-    keep[rows, batch["answer_position"][rows]] = True
+    keep[example_rows(batch)[rows], batch["answer_position"][rows]] = True
     return keep
 
 
@@ -83,7 +84,8 @@ def letter_scoring(letter_ids: list[int], kept_logits: torch.Tensor, keep: torch
     if not scored.any():
         return {}
     rows = scored.nonzero().squeeze(-1)
-    at_answer = kept_logits[kept_rows(keep, rows, batch["answer_position"][rows])]  # (scored, vocab)
+    cells = kept_rows(keep, example_rows(batch)[rows], batch["answer_position"][rows])
+    at_answer = kept_logits[cells]  # (scored, vocab)
     option_logits = letters.mask_missing_options(at_answer[:, letter_ids], batch["num_choices"][scored])
     gold = batch["choice_label"][scored]
     return {"letter_accuracy": EvalValue(letters.accuracy(option_logits, gold), int(scored.sum()))}

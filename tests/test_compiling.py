@@ -1,0 +1,55 @@
+"""model.torch_compile: the decoder layers are compiled, one graph for all of them, and a training
+step gives the eager step's loss and gradients; generation runs eagerly and answers the same."""
+
+import torch
+from peft import LoraConfig
+
+from modules.compiling import compile_repeated_blocks, eager_generation
+from modules.heads.kept_logits import forward_keeping, next_token_labels
+from modules.loading import load_causal_lm
+from modules.peft_setup import apply_peft
+from core.constants import IGNORE_INDEX
+
+
+def _lora_model(folder):
+    torch.manual_seed(0)
+    return apply_peft(load_causal_lm(str(folder)), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), [])
+
+
+def _loss_and_grads(model, batch) -> tuple[torch.Tensor, dict]:
+    model.zero_grad()
+    targets = next_token_labels(batch["labels"])
+    loss = forward_keeping(model, batch, targets != IGNORE_INDEX, targets).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _batch(length: int) -> dict:
+    input_ids = torch.randint(0, 256, (2, length))
+    labels = input_ids.clone()
+    labels[:, : length // 2] = IGNORE_INDEX
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
+    eager, compiled = _lora_model(tiny_model_dir), _lora_model(tiny_model_dir)
+    compiled.load_state_dict(eager.state_dict())
+    assert compile_repeated_blocks(compiled) == compiled.config.num_hidden_layers
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for length in (12, 17):  # a second length reuses the dynamic graph
+        batch = _batch(length)
+        eager_loss, eager_grads = _loss_and_grads(eager, batch)
+        compiled_loss, compiled_grads = _loss_and_grads(compiled, batch)
+        torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+        assert compiled_grads.keys() == eager_grads.keys() and compiled_grads
+        for name, grad in eager_grads.items():
+            torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    # one graph for every layer and both lengths (a graph per layer would mean compile time x layers)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2, dict(torch._dynamo.utils.counters["stats"])
+    prompt = torch.randint(0, 256, (1, 6))
+    with torch.no_grad():
+        expected = eager.generate(input_ids=prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        with eager_generation():
+            answered = compiled.generate(input_ids=prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert answered.tolist() == expected.tolist()

@@ -1,0 +1,161 @@
+"""Sharded training: FSDP on 2 CPU processes (gloo), for real; FSDP and DeepSpeed ZeRO-3 on GPUs, marked.
+
+The CPU run takes the shipped overlay configs/strategies/fsdp.yaml with its class swapped for
+``modules.sharding.CPUFSDPStrategy`` (Lightning's FSDPStrategy refuses a CPU accelerator; the subclass
+only passes torch's FSDP ``device_id=cpu``). Like the DDP test (tests/test_ddp.py): 2 ranks with
+micro-batch b log the same step losses, reach the same adapters and the same val/loss as one process
+accumulating 2 micro-batches of b; its checkpoint holds the adapter weights whole (rank 0 gathers
+them: state_dict_type full) and resumes in one process, a one-process checkpoint on two; the merged export, rebuilt on rank 0 from
+the gathered weights, gives the one-process export's logits.
+"""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM
+
+from modules.sharding import (
+    CPUFSDPStrategy,
+    refuse_merge_from_checkpoint_folders,
+    refuse_quantized_sharding,
+    shards_parameters,
+)
+from tests.test_ddp import adapter_weights, assert_same_weights, ddp_config, fit_in_process, step_losses  # noqa: F401
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STRATEGIES = sorted((PROJECT_ROOT / "configs" / "strategies").glob("*.yaml"))
+FSDP_OVERLAY = PROJECT_ROOT / "configs" / "strategies" / "fsdp.yaml"
+
+
+def run_sft(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on a small CPU
+    return subprocess.run([sys.executable, "-m", "lightning_app", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def val_loss(run_dir: Path) -> float:
+    return EventAccumulator(str(run_dir)).Reload().Scalars("val/loss")[-1].value
+
+
+def merged_logits(folder: Path) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([[256, 117, 115, 101, 114, 10, 104, 105, 257, 10]])).logits
+
+
+# The overlays parse against the strategies' own arguments --------------------------------------------
+def test_there_are_strategy_overlays():
+    assert [path.stem for path in STRATEGIES] == ["deepspeed_zero2", "deepspeed_zero3", "fsdp"]
+
+
+@pytest.mark.parametrize("overlay", STRATEGIES, ids=lambda path: path.name)
+def test_strategy_overlay_names_its_command_and_only_real_arguments(overlay):
+    text = overlay.read_text()
+    assert text.startswith("# ") and f"--config configs/strategies/{overlay.name}" in text.splitlines()[1]
+    strategy = yaml.safe_load(text)["trainer"]["strategy"]
+    strategy_class = {"lightning.pytorch.strategies.FSDPStrategy": FSDPStrategy,
+                      "lightning.pytorch.strategies.DeepSpeedStrategy": DeepSpeedStrategy}[strategy["class_path"]]
+    assert set(strategy["init_args"]) <= set(inspect.signature(strategy_class.__init__).parameters)
+
+
+# Combinations that cannot work stop with a reason -----------------------------------------------------
+def test_a_quantized_base_is_refused_under_sharding_and_a_merge_of_a_sharded_checkpoint_too():
+    fsdp = CPUFSDPStrategy(state_dict_type="sharded")
+    assert shards_parameters(fsdp)
+    with pytest.raises(ValueError, match="cannot be cut into shards"):
+        refuse_quantized_sharding(fsdp, "4bit")
+    with pytest.raises(ValueError, match="merge.use_best false"):
+        refuse_merge_from_checkpoint_folders(fsdp)
+    refuse_merge_from_checkpoint_folders(CPUFSDPStrategy(state_dict_type="full"))  # one file: fine
+    refuse_quantized_sharding(fsdp, None)
+
+
+# FSDP + LoRA on 2 CPU processes -----------------------------------------------------------------------
+def test_fsdp_on_two_cpu_processes_trains_as_one_process_checkpoints_whole_adapters_and_merges(ddp_config, tmp_path):
+    config = yaml.safe_load(Path(ddp_config).read_text())
+    config["data"]["val_path"] = config["data"]["train_path"]  # 16 records: 2 batches of 8 per rank at the end
+    config["data"]["eval_batch_size"] = 3  # 6 batches: 3 a rank
+    config["trainer"]["val_check_interval"] = 2  # validate after step 2 (within the first epoch)
+    Path(ddp_config).write_text(yaml.safe_dump(config))
+
+    # 1. Two ranks, FSDP (the shipped overlay), micro-batch 2, two steps.
+    fsdp = run_sft("fit", "--config", ddp_config, "--config", str(FSDP_OVERLAY),
+                   "--trainer.strategy.class_path", "modules.sharding.CPUFSDPStrategy", "--trainer.devices", "2",
+                   "--trainer.logger.init_args.name", "fsdp")
+    assert fsdp.returncode == 0, fsdp.stderr[-4000:]
+    fsdp_dir = tmp_path / "runs" / "fsdp" / "version_0"
+
+    # 2. One process accumulating 2 micro-batches of 2: the same step losses, adapters and val/loss.
+    fit_in_process(ddp_config, "one")
+    one_dir = tmp_path / "runs" / "one" / "version_0"
+    assert len(step_losses(fsdp_dir)) == 2
+    assert step_losses(fsdp_dir) == pytest.approx(step_losses(one_dir), abs=1e-5)
+    assert val_loss(fsdp_dir) == pytest.approx(val_loss(one_dir), rel=1e-6)
+    fsdp_adapters, one_adapters = adapter_weights(fsdp_dir), adapter_weights(one_dir)  # lora_ keys only
+    assert {k: v.shape for k, v in fsdp_adapters.items()} == {k: v.shape for k, v in one_adapters.items()}  # whole
+    assert_same_weights(fsdp_adapters, one_adapters)
+
+    # 3. The FSDP checkpoint (weights and Adam state gathered whole) resumed in one process trains on as a
+    # one-process run of 4 steps does.
+    fit_in_process(ddp_config, "resumed", "--trainer.max_steps", "4",
+                   "--ckpt_path", str(fsdp_dir / "checkpoints" / "last.ckpt"))
+    fit_in_process(ddp_config, "whole", "--trainer.max_steps", "4")
+    resumed_dir, whole_dir = tmp_path / "runs" / "resumed" / "version_0", tmp_path / "runs" / "whole" / "version_0"
+    assert step_losses(resumed_dir) == pytest.approx(step_losses(whole_dir)[2:], abs=1e-5)
+    assert_same_weights(adapter_weights(resumed_dir), adapter_weights(whole_dir))
+
+    # 4. And the one-process checkpoint resumed on two FSDP ranks (each loads it, then keeps its shard).
+    on_two = run_sft("fit", "--config", ddp_config, "--config", str(FSDP_OVERLAY),
+                     "--trainer.strategy.class_path", "modules.sharding.CPUFSDPStrategy", "--trainer.devices", "2",
+                     "--trainer.logger.init_args.name", "on_two", "--trainer.max_steps", "4",
+                     "--ckpt_path", str(one_dir / "checkpoints" / "last.ckpt"))
+    assert on_two.returncode == 0, on_two.stderr[-4000:]
+    on_two_dir = tmp_path / "runs" / "on_two" / "version_0"
+    assert step_losses(on_two_dir) == pytest.approx(step_losses(whole_dir)[2:], abs=1e-5)
+    assert_same_weights(adapter_weights(on_two_dir), adapter_weights(whole_dir))
+
+    # 5. The merged export, rebuilt on rank 0 from the gathered weights: checked, and the one-process export's logits.
+    report = json.loads((fsdp_dir / "merged" / "merge_report.json").read_text())
+    assert report["merged"] and report["passed"] and report["relative_error"] <= 1e-5
+    torch.testing.assert_close(merged_logits(fsdp_dir / "merged"), merged_logits(one_dir / "merged"),
+                               rtol=0, atol=1e-5)
+
+
+# On GPUs ------------------------------------------------------------------------------------------------
+GPUS = torch.cuda.device_count()
+
+
+def gpu_fit(ddp_config: str, overlay: str, name: str) -> Path:
+    result = run_sft("fit", "--config", ddp_config, "--config", str(PROJECT_ROOT / "configs" / "strategies" / overlay),
+                     "--trainer.accelerator", "gpu", "--trainer.devices", str(GPUS),
+                     "--trainer.logger.init_args.name", name)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return Path(ddp_config).parent / "runs" / name / "version_0"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP on GPUs needs CUDA")
+def test_fsdp_lora_on_the_gpus_checkpoints_adapters_and_merges(ddp_config):
+    run_dir = gpu_fit(ddp_config, "fsdp.yaml", "fsdp_gpu")
+    assert adapter_weights(run_dir)  # lora_ keys only, whole (rank 0 gathered them)
+    report = json.loads((run_dir / "merged" / "merge_report.json").read_text())
+    assert report["merged"] and report["passed"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="DeepSpeed needs CUDA")
+def test_deepspeed_zero3_lora_fits_and_merges(ddp_config):
+    pytest.importorskip("deepspeed", reason="pip install 'lightning-sft[deepspeed]'")
+    run_dir = gpu_fit(ddp_config, "deepspeed_zero3.yaml", "zero3")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_dir()  # DeepSpeed's folder of parts
+    report = json.loads((run_dir / "merged" / "merge_report.json").read_text())
+    assert report["merged"] and report["passed"] and report["weights"] == "end of fit"
