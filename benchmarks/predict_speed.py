@@ -15,6 +15,7 @@ much: both sides run in the same minutes.
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_TEST = PROJECT_ROOT / "data" / "bundled" / "test.jsonl"
+BUNDLED_TRAIN = PROJECT_ROOT / "data" / "bundled" / "train.jsonl"
 
 
 def one_by_one(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
@@ -82,13 +84,15 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--answer-batch-size", type=int, default=32)
-    parser.add_argument("--records", type=int, default=40, help="the first N bundled test records")
+    parser.add_argument("--records", type=int, default=40,
+                        help="the first N bundled records: the 40 test records, then training records")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
     torch.manual_seed(0)
     folder = Path(__import__("tempfile").mkdtemp())
     records = folder / "predict.jsonl"
-    records.write_text("".join(BUNDLED_TEST.read_text(encoding="utf-8").splitlines(keepends=True)[: args.records]))
+    lines = [line for path in (BUNDLED_TEST, BUNDLED_TRAIN) for line in path.read_text(encoding="utf-8").splitlines()]
+    records.write_text("\n".join(lines[: args.records]) + "\n")  # more than the 40 test records: training prompts
     datamodule = SFTDataModule(predict_path=str(records), format="typed", tokenizer_name_or_path=args.model,
                                answer_batch_size=args.answer_batch_size)
     datamodule.setup("predict")
@@ -111,12 +115,13 @@ def main() -> None:
     identical = sum(ours_ == theirs for ours_, theirs in zip(answers, reference))
     rows = [("HF generate, one prompt at a time", sum(map(len, reference)), reference_seconds),
             (f"sft predict path (answer_batch_size {args.answer_batch_size})", sum(map(len, answers)), our_seconds)]
-    text = (f"{len(prompts)} bundled test prompts, {args.model}, float32, greedy, max_new_tokens "
+    text = (f"{len(prompts)} bundled prompts, {args.model}, float32, greedy, max_new_tokens "
             f"{args.max_new_tokens}, {torch.get_num_threads()} threads\n\n" + table(rows, identical, len(prompts)))
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"`.venv/bin/python -m benchmarks.predict_speed --out {args.out}`\n\n{text}\n")
+        command = " ".join([".venv/bin/python -m benchmarks.predict_speed", *sys.argv[1:]])
+        args.out.write_text(f"`{command}`\n\n{text}\n")
 
 
 if __name__ == "__main__":

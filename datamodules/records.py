@@ -34,14 +34,14 @@ def load_records(path_or_name: str, split: str = "train") -> datasets.Dataset:
         raise FileNotFoundError(f"data file not found: {path}")
     check_text_file(path)
     try:
-        with _quiet_datasets():
+        with quiet_datasets():
             return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as error:  # datasets wraps parser errors in several types
         raise (locate_load_error(path) or RecordError(str(path), "loading", str(error))) from error
 
 
 @contextmanager
-def _quiet_datasets():
+def quiet_datasets():
     """No progress bar for reading a local file, and no logged parser traceback: a failure becomes
     one located ``RecordError`` instead."""
     verbosity, bars_were_on = datasets.logging.get_verbosity(), datasets.is_progress_bar_enabled()

@@ -27,6 +27,7 @@ from typing import Any
 import datasets
 
 from core.record import Record
+from datamodules.records import quiet_datasets
 
 CACHE_VERSION = 1
 ENVIRONMENT_VARIABLE = "SFT_TOKEN_CACHE"
@@ -82,7 +83,8 @@ def cached_split(cache_dir: Path | None, key: str, build: Callable[[], tuple[dat
 def _load(folder: Path, stats_type: type | None) -> tuple[datasets.Dataset, Any]:
     stats_json = json.loads((folder / "stats.json").read_text())
     stats = stats_type(**stats_json) if stats_type is not None and stats_json is not None else None
-    return datasets.load_from_disk(str(folder / "dataset")), stats
+    with quiet_datasets():
+        return datasets.load_from_disk(str(folder / "dataset")), stats
 
 
 def _store(folder: Path, dataset: datasets.Dataset, stats: Any) -> None:
@@ -92,7 +94,8 @@ def _store(folder: Path, dataset: datasets.Dataset, stats: Any) -> None:
     if folder.exists() and not (folder / "complete").is_file():  # not one of ours: a whole copy replaces it
         shutil.rmtree(folder, ignore_errors=True)
     try:
-        dataset.save_to_disk(str(partial / "dataset"))
+        with quiet_datasets():  # no progress bar for a few megabytes, at every first run
+            dataset.save_to_disk(str(partial / "dataset"))
         (partial / "stats.json").write_text(json.dumps(asdict(stats) if stats is not None else None))
         (partial / "complete").write_text("")
         partial.rename(folder)
