@@ -83,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--answer-batch-size", type=int, default=32)
+    parser.add_argument("--answer-batch-size", type=int, default=64)
     parser.add_argument("--records", type=int, default=40,
                         help="the first N bundled records: the 40 test records, then training records")
     parser.add_argument("--out", type=Path, help="also write the table here")
