@@ -85,6 +85,17 @@ def assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.
         torch.testing.assert_close(first[key], second[key], rtol=0, atol=1e-5, msg=key)
 
 
+def assert_resumes_in_one_process(config: str, checkpoint: Path, tmp_path: Path) -> Path:
+    """A 2-step checkpoint resumed in one process to step 4 logs the last steps and reaches the weights
+    of a one-process run of 4 steps; returns that run's folder."""
+    fit_in_process(config, "resumed", "--trainer.max_steps", "4", "--ckpt_path", str(checkpoint))
+    fit_in_process(config, "whole", "--trainer.max_steps", "4")
+    resumed_dir, whole_dir = tmp_path / "runs" / "resumed" / "version_0", tmp_path / "runs" / "whole" / "version_0"
+    assert step_losses(resumed_dir) == pytest.approx(step_losses(whole_dir)[2:], abs=1e-5)
+    assert_same_weights(adapter_weights(resumed_dir), adapter_weights(whole_dir))
+    return whole_dir
+
+
 def test_ddp_on_two_processes_trains_as_one_process_and_checkpoints_cross_over(ddp_config, tmp_path):
     # 1. Two ranks with micro-batch 2, two steps: both exit 0, with a checkpoint and a summary.
     ddp = fit_on_two_processes(ddp_config)
@@ -105,12 +116,7 @@ def test_ddp_on_two_processes_trains_as_one_process_and_checkpoints_cross_over(d
     assert ddp_checkpoint["tokens_seen"] == one_checkpoint["tokens_seen"]  # counted over every rank
 
     # 3. The DDP checkpoint resumed in one process trains on as a one-process run of 4 steps does.
-    fit_in_process(ddp_config, "resumed", "--trainer.max_steps", "4",
-                   "--ckpt_path", str(ddp_dir / "checkpoints" / "last.ckpt"))
-    fit_in_process(ddp_config, "whole", "--trainer.max_steps", "4")
-    resumed_dir, whole_dir = tmp_path / "runs" / "resumed" / "version_0", tmp_path / "runs" / "whole" / "version_0"
-    assert step_losses(resumed_dir) == pytest.approx(step_losses(whole_dir)[2:], abs=1e-5)
-    assert_same_weights(adapter_weights(resumed_dir), adapter_weights(whole_dir))
+    whole_dir = assert_resumes_in_one_process(ddp_config, ddp_dir / "checkpoints" / "last.ckpt", tmp_path)
 
     # 4. And the one-process checkpoint resumed on two ranks, too.
     on_two = fit_on_two_processes(ddp_config, "--trainer.logger.init_args.name", "on_two", "--trainer.max_steps", "4",

@@ -29,7 +29,8 @@ from modules.sharding import (
     refuse_quantized_sharding,
     shards_parameters,
 )
-from tests.test_ddp import adapter_weights, assert_same_weights, ddp_config, fit_in_process, step_losses  # noqa: F401
+from tests.test_ddp import (  # noqa: F401 (ddp_config: the fixture)
+    adapter_weights, assert_resumes_in_one_process, assert_same_weights, ddp_config, fit_in_process, step_losses)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = sorted((PROJECT_ROOT / "configs" / "strategies").glob("*.yaml"))
@@ -106,12 +107,7 @@ def test_fsdp_on_two_cpu_processes_trains_as_one_process_checkpoints_whole_adapt
 
     # 3. The FSDP checkpoint (weights and Adam state gathered whole) resumed in one process trains on as a
     # one-process run of 4 steps does.
-    fit_in_process(ddp_config, "resumed", "--trainer.max_steps", "4",
-                   "--ckpt_path", str(fsdp_dir / "checkpoints" / "last.ckpt"))
-    fit_in_process(ddp_config, "whole", "--trainer.max_steps", "4")
-    resumed_dir, whole_dir = tmp_path / "runs" / "resumed" / "version_0", tmp_path / "runs" / "whole" / "version_0"
-    assert step_losses(resumed_dir) == pytest.approx(step_losses(whole_dir)[2:], abs=1e-5)
-    assert_same_weights(adapter_weights(resumed_dir), adapter_weights(whole_dir))
+    whole_dir = assert_resumes_in_one_process(ddp_config, fsdp_dir / "checkpoints" / "last.ckpt", tmp_path)
 
     # 4. And the one-process checkpoint resumed on two FSDP ranks (each loads it, then keeps its shard).
     on_two = run_sft("fit", "--config", ddp_config, "--config", str(FSDP_OVERLAY),
