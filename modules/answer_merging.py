@@ -21,12 +21,12 @@ from peft import PeftModel
 from torch.distributed.tensor import DTensor
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from modules.merging import is_quantized, unmergeable_reason
+
 
 def can_merge(model) -> bool:
     """A PEFT model whose active adapter has weights to merge into, on a base that is not quantized."""
-    if not isinstance(model, PeftModel) or model.active_peft_config.is_prompt_learning:
-        return False
-    if getattr(model.get_base_model(), "hf_quantizer", None) is not None:
+    if not isinstance(model, PeftModel) or unmergeable_reason(model) is not None or is_quantized(model):
         return False
     return not any(isinstance(parameter, DTensor) for parameter in adapted_base_parameters(model))  # sharded: no
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from core.batch_layout import example_rows
+from modules.decoding import mask_positions
 from modules.generation import GenerationPlan, generate_for_rows
 
 
@@ -44,7 +45,7 @@ def prompt_forward(model: nn.Module, batch: dict, hidden: bool = False):
     Only the last position's logits are computed: (batch, 1, vocab).
     """
     attention_mask = batch["prompt_attention_mask"]
-    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    position_ids = mask_positions(attention_mask)
     return model(input_ids=batch["prompt_ids"], attention_mask=attention_mask, position_ids=position_ids,
                  output_hidden_states=hidden, logits_to_keep=1, use_cache=False)
 
