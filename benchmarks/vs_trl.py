@@ -91,7 +91,7 @@ def run_ours(args) -> dict:
         "--trainer.accumulate_grad_batches", str(args.accumulate), "--trainer.max_epochs", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", args.work_dir,
         "--trainer.logger.init_args.name", "ours", "--merge.enabled", "false", "--checkpoint.monitor", "null",
-        "--checkpoint.save_last", "false", "--checkpoint.save_top_k", "0"])
+        "--checkpoint.save_last", "false", "--checkpoint.save_top_k", "0", *args.ours_args])
     summary = json.loads((Path(cli.trainer.log_dir) / "summary.json").read_text())
     seconds = summary["epoch_seconds"]
     return {"side": "lightning-sft", "seconds": seconds, "real_tokens": summary["tokens_per_second"] * seconds,
@@ -106,7 +106,7 @@ def measure(side: str, args, work_dir: Path, train_path: Path) -> dict:
                "--train-path", str(train_path), "--work-dir", str(work_dir / side), "--method", args.method,
                "--records", str(args.records), "--batch", str(args.batch), "--accumulate", str(args.accumulate),
                "--max-length", str(args.max_length), "--lr", str(args.lr), "--seed", str(args.seed),
-               "--model", args.model]
+               "--model", args.model, *(f"--ours-args={arg}" for arg in args.ours_args)]
     subprocess.run(command, cwd=PROJECT_ROOT, check=True)
     return json.loads(out.read_text())
 
@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--out", help="also write the table to this Markdown file")
+    parser.add_argument("--ours-args", action="append", default=[],
+                        help="one more `sft fit` argument for our side (repeat), e.g. --ours-args=--model.torch_compile=true")
+    parser.add_argument("--sides", default="trl,ours", help="which sides to run (the table needs both)")
     parser.add_argument("--side", choices=["trl", "ours"], help=argparse.SUPPRESS)  # one side, in a child process
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--train-path", help=argparse.SUPPRESS)
@@ -148,7 +151,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vs-trl-") as work:
         work_dir = Path(work)
         train_path = first_records(args.records, work_dir)
-        text = table([measure("trl", args, work_dir, train_path), measure("ours", args, work_dir, train_path)], args)
+        results = [measure(side, args, work_dir, train_path) for side in args.sides.split(",")]
+        text = table(results, args) if len(results) == 2 else json.dumps(results)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -66,3 +66,22 @@ def example_of_cells(batch: dict[str, Any]) -> torch.Tensor:
 def cells_of_examples(batch: dict[str, Any], examples: torch.Tensor) -> torch.Tensor:
     """(rows, seq) True on the cells of the examples that are True in ``examples`` (examples,)."""
     return examples.to(batch["input_ids"].device)[example_of_cells(batch)]
+
+
+def row_slices(batch: dict[str, Any], rows_per_slice: int):
+    """A padded batch cut into batches of at most ``rows_per_slice`` examples: every per-example
+    field (a tensor or list with one entry per row) sliced, the rest (flags) kept. An answering batch
+    holds hundreds of prompts; its test loss is computed slice by slice, so its activations and
+    logits are those of a validation batch."""
+    if is_packed(batch):
+        raise ValueError("row_slices: a packed batch has one row; slice padded batches only")
+    count = len(batch["input_ids"])
+    for start in range(0, count, rows_per_slice):
+        yield {name: value[start : start + rows_per_slice] if _per_row(value, count) else value
+               for name, value in batch.items()}
+
+
+def _per_row(value: Any, count: int) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dim() > 0 and value.shape[0] == count
+    return isinstance(value, (list, tuple)) and len(value) == count

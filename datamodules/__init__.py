@@ -1,1 +1,3 @@
 """datamodules."""
+
+import core  # noqa: F401  (first: it quiets an import-time warning of bitsandbytes)

@@ -47,7 +47,7 @@ class SFTDataModule(L.LightningDataModule):
         padding_free: bool = False,
         max_tokens_per_batch: int | None = None,
         eval_batch_size: int | None = None,
-        answer_batch_size: int = 64,
+        answer_batch_size: int = 256,
         num_workers: int = 0,
         cache_tokens: bool = True,
         tokenizer_name_or_path: str | None = None,
@@ -80,11 +80,10 @@ class SFTDataModule(L.LightningDataModule):
                 with padding_free, else rows × the longest row) instead of batch_size rows; an example
                 longer than this goes alone. Batches are made once per seed, shuffled every epoch.
             eval_batch_size: Batch size of the validation loss (default: batch_size).
-            answer_batch_size: Most prompts answered together (predict, test and validation answers): rows
-                generated with the same settings, longest prompt first. On a 2-core CPU a decoding step
-                of 32 rows costs ~3x one of a single row, so bigger batches answer faster (40 prompts:
-                64 gave 6.2x one-by-one generate, 32 gave 4.7x; benchmarks/predict/); lower it if
-                the KV cache (rows x tokens x layers) runs out of memory on a big model.
+            answer_batch_size: Prompts per answering batch (predict, test and validation answers): records
+                generated with the same settings, longest prompt first. model.answer_rows of them decode
+                at once and the others join as rows finish, so the decoding batch stays full; answers are
+                written (and a stopped run resumes) batch by batch.
             num_workers: DataLoader worker processes.
             cache_tokens: Keep each split's tokens on disk ($SFT_TOKEN_CACHE, else
                 ~/.cache/lightning-sft/tokens), keyed by the records, the tokenizer and the options, so the

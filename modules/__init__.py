@@ -1,1 +1,3 @@
 """modules."""
+
+import core  # noqa: F401  (first: it quiets an import-time warning of bitsandbytes)

@@ -43,6 +43,8 @@ class GenerationPlan:
 
     default: GenerationSettings = field(default_factory=GenerationSettings)
     per_type: dict[str, GenerationSettings] = field(default_factory=default_per_type)
+    max_rows: int | None = None
+    """Most rows decoded at once (prompts × samples); the batch's other prompts join as rows finish."""
 
     def for_type(self, record_type: str) -> GenerationSettings:
         return self.per_type.get(record_type, self.default)
@@ -53,7 +55,8 @@ class GenerationPlan:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, input_ids, attention_mask, settings: GenerationSettings) -> list:
+def generate_answers(model, tokenizer, input_ids, attention_mask, settings: GenerationSettings,
+                     max_rows: int | None = None) -> list:
     """Continue left-padded prompts (batch, seq); one string per row, or a list of samples.
 
     ``modules/decoding.py``'s loop, in which finished rows leave the batch, serves the models it can
@@ -63,7 +66,8 @@ def generate_answers(model, tokenizer, input_ids, attention_mask, settings: Gene
     input_ids, attention_mask = input_ids[:, first_column:], attention_mask[:, first_column:]
     if can_decode(model):
         new_tokens = decode(model, input_ids, attention_mask, [tokenizer.eos_token_id], settings.max_new_tokens,
-                            settings.do_sample, settings.temperature, settings.top_p, settings.num_samples)
+                            settings.do_sample, settings.temperature, settings.top_p, settings.num_samples,
+                            max_rows=max_rows)
     else:
         output_ids = model.generate(
             input_ids=input_ids,
@@ -91,6 +95,6 @@ def generate_for_rows(model, tokenizer, batch: dict, plan: GenerationPlan, rows:
         selected = torch.tensor(same_settings_rows, device=batch["prompt_ids"].device)
         settings = plan.for_type(batch["types"][same_settings_rows[0]])
         generated = generate_answers(model, tokenizer, batch["prompt_ids"][selected],
-                                     batch["prompt_attention_mask"][selected], settings)
+                                     batch["prompt_attention_mask"][selected], settings, plan.max_rows)
         answers.update(zip(same_settings_rows, generated))
     return [answers[row] for row in rows]

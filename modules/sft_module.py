@@ -8,7 +8,7 @@ Read top to bottom: 1. build (in ``configure_model``, so ``sft inspect`` never l
 
 import warnings
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import peft
@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftConfig
 from transformers.integrations.neftune import activate_neftune
 
+from core.batch_layout import row_slices
 from core.embedded import resolve_model_path
 from core.step_loss import (
     check_window,
@@ -35,7 +36,8 @@ from modules.generation import GenerationPlan, GenerationSettings, default_per_t
 from modules.heads import Head, LMHead
 from modules.heads.choice_export import restore_choice_head
 from modules.heads.kept_logits import refuse_packing
-from modules.compiling import compile_repeated_blocks, eager_generation
+from modules.compiling import (auto_compile_refusal, compile_repeated_blocks, eager_generation,
+                               fall_back_to_eager_on_errors)
 from modules.kernels import apply_liger_kernels, require_liger
 from modules.loading import Dtype, follow_tokenizer, load_causal_lm
 from modules.optim import Schedule, one_dimensional_names, parameter_groups, schedule, with_fused_step
@@ -48,7 +50,7 @@ from modules.quantization import (
     require_cuda_for_quantization,
 )
 from modules.resume import follow_current_schedule, mark_cut_epoch_unfinished, rebuild_train_loader_after_restore
-from modules.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding
+from modules.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding, shards_parameters
 
 
 # Validation and test means are reduced over the ranks here (``_log_evaluation``), then logged as they are.
@@ -70,7 +72,7 @@ class SFTModule(L.LightningModule):
         trust_remote_code: bool = False,
         chat_template: str | None = None,
         gradient_checkpointing: bool = False,
-        torch_compile: bool = False,
+        torch_compile: bool | Literal["auto"] = "auto",
         quantization: Quantization | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: Schedule = "cosine",
@@ -78,6 +80,7 @@ class SFTModule(L.LightningModule):
         head_lr: float | None = None,
         generation: GenerationSettings | None = None,
         generation_per_type: dict[str, GenerationSettings] | None = None,
+        answer_rows: int = 64,
     ):
         """
         Args:
@@ -106,7 +109,10 @@ class SFTModule(L.LightningModule):
             gradient_checkpointing: Recompute activations in backward to save memory.
             torch_compile: Compile the decoder layers with torch.compile (one graph shared by all layers,
                 dynamic lengths; generation stays eager). The first step carries the compile time,
-                reported apart as time/first_step_seconds.
+                reported apart as time/first_step_seconds. auto (the default): when fitting a model of
+                50M parameters or more with a compiler at hand (C++ on a CPU, Triton on CUDA), not
+                quantized, checkpointed, packed or sharded; SmolLM2 LoRA on 2 CPU cores: ~1.3x the
+                steps/s and ~25% less peak memory after ~30 s of compiling (benchmarks/RESULTS.md).
             quantization: Load the frozen base in 4 bits (QLoRA: NF4, double quantization, bfloat16
                 compute) or 8 bits with bitsandbytes, to fit bigger models in GPU memory; needs a
                 peft_config (quantized weights cannot be trained) and a CUDA GPU.
@@ -118,6 +124,10 @@ class SFTModule(L.LightningModule):
             generation: Default generation settings for predict and test (greedy by default).
             generation_per_type: Settings per question type, e.g. {code-generate: {num_samples: 3,
                 do_sample: true}}; default: 3 sampled answers for code-generate, the default for the rest.
+            answer_rows: Most rows decoded at once when answering (prompts × samples): the KV cache holds
+                this many rows. The rest of an answering batch (data.answer_batch_size prompts) waits and
+                joins as rows finish. On a 2-core CPU a decoding step of 64 rows costs ~5 times one of a
+                single row (benchmarks/predict/); lower it if the cache runs out of memory on a big model.
         """
         super().__init__()
         if quantization is not None and peft_config is None:
@@ -150,7 +160,9 @@ class SFTModule(L.LightningModule):
         self.warmup = warmup
         self.head_lr = head_lr
         per_type = default_per_type() if generation_per_type is None else generation_per_type
-        self.generation = GenerationPlan(generation or GenerationSettings(), per_type)
+        if answer_rows < 1:
+            raise ValueError(f"model.answer_rows must be at least 1, got {answer_rows}")
+        self.generation = GenerationPlan(generation or GenerationSettings(), per_type, max_rows=answer_rows)
         self.model = None
         self.one_dimensional: set[str] | None = None  # set by configure_model (modules/optim.py)
         self._tokenizer = None
@@ -171,7 +183,7 @@ class SFTModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Before the model loads: a PEFT method that cannot take the data module's packed batches stops the run."""
         if stage in ("fit", "validate") and getattr(getattr(self.trainer, "datamodule", None), "padding_free", False):
-            refuse_packing(self.peft_config)
+            refuse_packing(self.peft_config, self.neftune_alpha)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -181,7 +193,7 @@ class SFTModule(L.LightningModule):
         self.model = self.build_backbone()
         if self.neftune_alpha is not None:  # the hook adds noise only while the embeddings are in train mode
             activate_neftune(self.model, self.neftune_alpha)
-        if self.torch_compile:
+        if self._compiles():
             rank_zero_info(f"compiled {compile_repeated_blocks(self.model)} decoder layers (torch.compile)")
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
         self.head.setup(self.model, self.tokenizer)
@@ -192,6 +204,24 @@ class SFTModule(L.LightningModule):
         self.trainable_share = self.trainable_parameters / self.total_parameters
         rank_zero_info(f"trainable parameters: {self.trainable_parameters:,} of {self.total_parameters:,} "
                        f"({100 * self.trainable_share:.3f}%)")
+
+    def _compiles(self) -> bool:
+        """``model.torch_compile`` as given, or what ``auto`` decides for this run (modules/compiling.py)."""
+        if self.torch_compile != "auto":
+            return bool(self.torch_compile)
+        trainer = self._trainer
+        fitting = trainer is not None and trainer.state.fn == "fit"
+        refusal = auto_compile_refusal(
+            self.model, fitting, trainer.strategy.root_device.type if trainer is not None else "cpu",
+            quantized=self.quantization is not None, gradient_checkpointing=self.gradient_checkpointing,
+            padding_free=getattr(getattr(trainer, "datamodule", None), "padding_free", False),
+            sharded=trainer is not None and (shards_parameters(trainer.strategy)
+                                             or "DeepSpeed" in type(trainer.strategy).__name__))
+        if refusal is None:
+            fall_back_to_eager_on_errors()
+        elif fitting:
+            rank_zero_info(f"model.torch_compile auto: decoder layers left eager ({refusal})")
+        return refusal is None
 
     def build_backbone(self):
         """The causal LM with its PEFT wrapper, as configured (also what a sharded run's merged export
@@ -310,8 +340,11 @@ class SFTModule(L.LightningModule):
         self._log_evaluation("val")
 
     def test_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        """Test loss, and answers for the answer-metrics callback to score against the references."""
-        self._evaluation_step(batch, "test")
+        """Test loss, and answers for the answer-metrics callback to score against the references.
+        The loss runs over slices of the answering batch (data.eval_batch_size rows each)."""
+        rows_per_slice = getattr(getattr(self.trainer, "datamodule", None), "eval_batch_size", None) or 16
+        for rows in row_slices(batch, rows_per_slice):
+            self._evaluation_step(rows, "test")
         return self.predict_step(batch, batch_idx)
 
     def on_test_epoch_end(self) -> None:

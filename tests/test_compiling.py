@@ -34,7 +34,8 @@ def _batch(length: int) -> dict:
 def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
     eager, compiled = _lora_model(tiny_model_dir), _lora_model(tiny_model_dir)
     compiled.load_state_dict(eager.state_dict())
-    assert compile_repeated_blocks(compiled) == compiled.config.num_hidden_layers
+    # LoRA freezes the embeddings: the first layer (whose input needs no gradient) stays eager
+    assert compile_repeated_blocks(compiled) == compiled.config.num_hidden_layers - 1
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     for length in (12, 17):  # a second length reuses the dynamic graph
@@ -53,3 +54,45 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
         with eager_generation():
             answered = compiled.generate(input_ids=prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert answered.tolist() == expected.tolist()
+
+
+def _compiled_layers(model) -> list[bool]:
+    return [getattr(layer, "_compiled_call_impl", None) is not None for layer in model.model.layers]
+
+
+def test_full_fine_tuning_compiles_every_layer_and_lora_all_but_the_first(tiny_model_dir):
+    full = load_causal_lm(str(tiny_model_dir))
+    assert compile_repeated_blocks(full) == full.config.num_hidden_layers and all(_compiled_layers(full))
+    lora = _lora_model(tiny_model_dir)
+    compile_repeated_blocks(lora)
+    assert _compiled_layers(lora.base_model.model) == [False] + [True] * (lora.config.num_hidden_layers - 1)
+
+
+def test_auto_compiles_only_a_fit_of_a_big_enough_model_with_a_compiler(tiny_model_dir, monkeypatch):
+    from modules import compiling
+
+    model = load_causal_lm(str(tiny_model_dir))
+    plain = dict(quantized=False, gradient_checkpointing=False, padding_free=False, sharded=False)
+    assert "small model" in compiling.auto_compile_refusal(model, True, "cpu", **plain)
+    monkeypatch.setattr(compiling, "AUTO_MIN_PARAMETERS", 0)
+    assert compiling.auto_compile_refusal(model, True, "cpu", **plain) is None
+    assert compiling.auto_compile_refusal(model, False, "cpu", **plain) == "not training"
+    for option in plain:
+        assert compiling.auto_compile_refusal(model, True, "cpu", **{**plain, option: True}) is not None, option
+    assert "no compiler for mps" in compiling.auto_compile_refusal(model, True, "mps", **plain)
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
+    assert "C++ compiler" in compiling.auto_compile_refusal(model, True, "cpu", **plain)
+
+
+def test_auto_leaves_a_tiny_fit_eager_and_true_compiles_it(tiny_model_dir):
+    from modules.sft_module import SFTModule
+
+    class Fitting:
+        state = type("State", (), {"fn": "fit"})()
+        strategy = type("Strategy", (), {"root_device": torch.device("cpu")})()
+        datamodule = None
+    for setting, compiled in (("auto", False), (True, True)):
+        module = SFTModule(model_name_or_path=str(tiny_model_dir), torch_compile=setting)
+        module._trainer = Fitting()
+        module.configure_model()
+        assert any(_compiled_layers(module.model)) == compiled, setting

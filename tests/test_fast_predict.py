@@ -163,7 +163,7 @@ def test_types_generated_alike_share_answering_batches(tiny_model_dir, tmp_path)
 
     calls = []
 
-    def fake_generate(model, tokenizer, input_ids, attention_mask, settings):
+    def fake_generate(model, tokenizer, input_ids, attention_mask, settings, max_rows=None):
         calls.append((input_ids[:, -1].tolist(), settings))
         return [f"answer {int(i)}" for i in input_ids[:, -1]]
     import modules.generation as generation

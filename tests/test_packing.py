@@ -286,6 +286,14 @@ def test_prompt_learning_methods_are_refused_with_padding_free(tiny_model_dir, t
         quiet_trainer(max_steps=1).fit(module, datamodule)
 
 
+def test_neftune_is_refused_with_padding_free(tiny_model_dir, tmp_path):
+    module = sft_module(tiny_model_dir, neftune_alpha=5.0)
+    datamodule = qa_datamodule(tiny_model_dir, write_jsonl(tmp_path / "train.jsonl", QA_RECORDS), batch_size=2,
+                               padding_free=True)
+    with pytest.raises(ValueError, match="data.padding_free: true cannot be used with model.neftune_alpha"):
+        quiet_trainer(max_steps=1).fit(module, datamodule)
+
+
 def test_a_token_budget_below_one_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="data.max_tokens_per_batch must be at least 1"):
         SFTDataModule(max_tokens_per_batch=0, tokenizer_name_or_path=str(tiny_model_dir))

@@ -41,10 +41,18 @@ def prepended_positions(model: nn.Module) -> int:
 PACKED_KERNEL_ARGUMENTS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
-def refuse_packing(peft_config) -> None:
+def refuse_packing(peft_config, neftune_alpha: float | None = None) -> None:
     """Prompt-learning PEFT methods cannot take packed batches: prompt tuning would put its virtual
     tokens in front of the first example only, and prefix tuning's virtual keys (a cache) switch off
-    transformers' detection of packed sequences, so examples would attend to each other."""
+    transformers' detection of packed sequences, so examples would attend to each other. NEFTune
+    scales its noise by 1/sqrt(row length): a packed row of ten examples would give each a third of
+    the noise it gets alone."""
+    if neftune_alpha is not None:
+        raise ValueError(
+            "data.padding_free: true cannot be used with model.neftune_alpha: NEFTune's noise shrinks with the "
+            "length of the row, and a packed row holds many examples. Set data.padding_free: false, or drop "
+            "model.neftune_alpha."
+        )
     if peft_config is not None and peft_config.is_prompt_learning:
         raise ValueError(
             f"data.padding_free: true cannot be used with model.peft_config {type(peft_config).__name__}: its virtual "

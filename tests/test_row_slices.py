@@ -1,0 +1,43 @@
+"""An answering batch's test loss runs slice by slice (``core.batch_layout.row_slices``): the
+weighted means over the slices are the whole batch's, for the LM head and the multi head's parts.
+(The multi head's ``loss`` is a weighted sum of its parts' means within a batch, so it depends on
+how rows are batched, as it did before; its parts do not.)"""
+
+import pytest
+import torch
+
+from core.batch_layout import row_slices
+from modules.heads import LMHead, MultiHead
+from tests.factories import TYPED_RECORDS, sft_module, typed_batch
+
+
+def test_row_slices_cut_every_per_row_field_and_keep_the_rest():
+    batch = {"input_ids": torch.arange(10).view(5, 2), "ids": list("abcde"), "repeated_batch": False,
+             "cu": torch.tensor(3)}
+    slices = list(row_slices(batch, 2))
+    assert [piece["ids"] for piece in slices] == [["a", "b"], ["c", "d"], ["e"]]
+    assert torch.equal(slices[2]["input_ids"], torch.tensor([[8, 9]]))
+    assert all(piece["repeated_batch"] is False and piece["cu"] is batch["cu"] for piece in slices)
+
+
+@pytest.mark.parametrize("head", [LMHead, MultiHead], ids=["lm", "multi"])
+def test_the_weighted_means_over_slices_are_the_whole_batchs(tiny_model_dir, tmp_path, head):
+    records = TYPED_RECORDS + [{**record, "id": record["id"] + "-again"} for record in TYPED_RECORDS]
+    batch = typed_batch(tiny_model_dir, tmp_path, records)
+    module = sft_module(tiny_model_dir, head=head())
+    module.eval()
+    with torch.no_grad():
+        whole = module.head.evaluation(module.model, batch)
+        sums: dict[str, list[float]] = {}
+        for piece in row_slices(batch, 2):
+            for name, value in module.head.evaluation(module.model, piece).items():
+                if value.count:
+                    total = sums.setdefault(name, [0.0, 0])
+                    total[0] += float(value.value) * value.count
+                    total[1] += value.count
+    assert sums.keys() == {name for name, value in whole.items() if value.count}
+    for name, (weighted, count) in sums.items():
+        if isinstance(module.head, MultiHead) and name == "loss":
+            continue
+        assert count == whole[name].count, name
+        assert weighted / count == pytest.approx(float(whole[name].value), rel=1e-5), name
