@@ -91,15 +91,22 @@ def test_answering_batches_are_sorted_by_prompt_length_within_a_type():
     assert sampler.batches == [[1, 4, 3], [0], [2]]  # longest first, equal lengths in input order
 
 
-def test_predict_answers_stay_with_their_records(tiny_model_dir, tmp_path):
-    """Batches sorted by length, many prompts a batch: each answer is its own prompt's one-by-one answer."""
+@pytest.mark.parametrize("answer_rows", [64, 2])
+def test_predict_answers_stay_with_their_records(tiny_model_dir, tmp_path, answer_rows):
+    """Batches sorted by length, many prompts a batch: each answer is its own prompt's one-by-one answer,
+    whether the batch decodes at once or 2 rows at a time with the others joining as rows finish."""
     records = [{"id": f"r{i}", "type": "generic-generate", "prompt": "x" * (3 * i + 1), "answer": "y"} for i in range(6)]
     datamodule = SFTDataModule(predict_path=write_jsonl(tmp_path / "p.jsonl", records), format="typed",
                                tokenizer_name_or_path=str(tiny_model_dir), answer_batch_size=4)
     datamodule.setup("predict")
-    module = sft_module(tiny_model_dir, generation=GenerationSettings(max_new_tokens=6), generation_per_type={})
+    module = sft_module(tiny_model_dir, generation=GenerationSettings(max_new_tokens=6), generation_per_type={},
+                        answer_rows=answer_rows)
     module.eval()
+    decoded_rows = []
+    module.model.register_forward_pre_hook(lambda _, args, kwargs: decoded_rows.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
     answers = [row for batch in datamodule.predict_dataloader() for row in module.predict_step(batch, 0)]
+    assert max(decoded_rows) == min(answer_rows, 4)
     assert [row["id"] for row in answers] == ["r5", "r4", "r3", "r2", "r1", "r0"]  # longest prompt first
     prompts = datamodule.prompt_examples("predict")["prompt_ids"]
     for row in answers:
