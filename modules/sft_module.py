@@ -111,7 +111,8 @@ class SFTModule(L.LightningModule):
                 dynamic lengths; generation stays eager). The first step carries the compile time,
                 reported apart as time/first_step_seconds. auto (the default): when fitting a model of
                 50M parameters or more with a compiler at hand (C++ on a CPU, Triton on CUDA), not
-                quantized, checkpointed, packed or sharded; SmolLM2 LoRA on 2 CPU cores: ~1.3x the
+                quantized, checkpointed, packed or sharded, and on a CPU without dropout layers (LoRA's
+                lora_dropout: compiled, it stepped no faster). SmolLM2 LoRA on 2 CPU cores: ~1.15x the
                 steps/s and ~25% less peak memory after ~30 s of compiling (benchmarks/RESULTS.md).
             quantization: Load the frozen base in 4 bits (QLoRA: NF4, double quantization, bfloat16
                 compute) or 8 bits with bitsandbytes, to fit bigger models in GPU memory; needs a

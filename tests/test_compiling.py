@@ -80,6 +80,10 @@ def test_auto_compiles_only_a_fit_of_a_big_enough_model_with_a_compiler(tiny_mod
     for option in plain:
         assert compiling.auto_compile_refusal(model, True, "cpu", **{**plain, option: True}) is not None, option
     assert "no compiler for mps" in compiling.auto_compile_refusal(model, True, "mps", **plain)
+    with_dropout = apply_peft(load_causal_lm(str(tiny_model_dir)),
+                              LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, target_modules="all-linear"), [])
+    assert "dropout" in compiling.auto_compile_refusal(with_dropout, True, "cpu", **plain)
+    assert compiling.auto_compile_refusal(_lora_model(tiny_model_dir), True, "cpu", **plain) is None  # dropout 0
     monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
     assert "C++ compiler" in compiling.auto_compile_refusal(model, True, "cpu", **plain)
 
