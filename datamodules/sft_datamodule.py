@@ -4,7 +4,7 @@ from dataclasses import asdict
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from core.step_loss import StepTokenCounts
@@ -160,6 +160,8 @@ class SFTDataModule(L.LightningDataModule):
                 records, self.tokenizer, self.spec.train_on, self.max_length, path), TokenStats)
             self.examples[split], self.token_stats[split] = examples, stats
             rank_zero_info(stats.summary(split) + (" (tokens from the cache)" if from_cache else ""))
+            if split == "test" and stats.dropped_no_trained_tokens:
+                rank_zero_warn(unanswered_test_records(path, records, examples, self.max_length))
             if split == "train" and self.mixture is not None:
                 rank_zero_info(self.mixture.summary(split))
         return self.examples[split]
@@ -289,3 +291,14 @@ def prompt_lengths(examples) -> list[int]:
     if "prompt_ids" in examples.column_names:
         return [len(ids) for ids in examples["prompt_ids"]]
     return [position + 1 for position in examples["answer_position"]]
+
+
+def unanswered_test_records(path: str, records: list, examples, max_length: int) -> str:
+    """The warning for test records left with no answer token within ``max_length``: ``sft test``
+    neither answers nor scores them, so its metrics cover fewer records than the file holds."""
+    kept = set(examples["id"])
+    missing = [record.id for record in records if record.id not in kept]
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return (f"{path}: {len(missing)} test record(s) have no answer token within data.max_length {max_length} "
+            f"(their prompt fills it) and are neither answered nor scored: {shown}. Raise data.max_length to "
+            "test them.")

@@ -41,3 +41,17 @@ def test_the_weighted_means_over_slices_are_the_whole_batchs(tiny_model_dir, tmp
             continue
         assert count == whole[name].count, name
         assert weighted / count == pytest.approx(float(whole[name].value), rel=1e-5), name
+
+
+def test_test_records_whose_prompt_fills_max_length_are_named_in_a_warning(tiny_model_dir, tmp_path):
+    from datamodules.sft_datamodule import SFTDataModule
+    from tests.factories import write_jsonl
+
+    records = [{"id": "short", "type": "generic-generate", "prompt": "hi", "answer": "yo"},
+               {"id": "long-one", "type": "generic-generate", "prompt": "word " * 200, "answer": "yo"}]
+    datamodule = SFTDataModule(test_path=write_jsonl(tmp_path / "test.jsonl", records), format="typed",
+                               max_length=64, tokenizer_name_or_path=str(tiny_model_dir), cache_tokens=False)
+    with pytest.warns(UserWarning, match=r"test.jsonl: 1 test record\(s\) .* neither answered nor scored: long-one"):
+        datamodule.setup("test")
+        examples = datamodule.training_examples("test")
+    assert examples["id"] == ["short"]
