@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.vs_trl import first_records
+from benchmarks.vs_trl import first_records, print_and_write
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -159,11 +159,7 @@ def main() -> None:
         train_path = first_records(args.records, work_dir)
         results = [measure(setting, args, work_dir, train_path, round_index)
                    for round_index in range(args.rounds) for setting in args.settings]
-    text = table(results, args)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
+    print_and_write(table(results, args), args.out)
 
 
 if __name__ == "__main__":

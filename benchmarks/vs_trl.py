@@ -35,6 +35,14 @@ def first_records(count: int, folder: Path) -> Path:
     return path
 
 
+def print_and_write(text: str, out: str | Path | None) -> None:
+    """The table on stdout, and into ``out`` (a Markdown file) if given."""
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text, encoding="utf-8")
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -153,10 +161,7 @@ def main() -> None:
         train_path = first_records(args.records, work_dir)
         results = [measure(side, args, work_dir, train_path) for side in args.sides.split(",")]
         text = table(results, args) if len(results) == 2 else json.dumps(results)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
+    print_and_write(text, args.out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ import os
 import shutil
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+
+from modules.sharding import shards_training_state
 
 OPTION = "model.compile"
 
@@ -103,7 +106,21 @@ def has_compiler(device_type: str) -> bool:
     return False
 
 
-def fall_back_to_eager_on_errors() -> None:
-    """A run that did not ask for compilation should not die of it: a graph that fails to compile
-    runs eagerly (torch prints why)."""
-    torch._dynamo.config.suppress_errors = True
+def compiles_this_run(setting: bool | str, model: nn.Module, trainer, *, quantized: bool,
+                      gradient_checkpointing: bool) -> bool:
+    """``model.torch_compile`` as given, or what ``auto`` decides for this run (``trainer`` may be None:
+    no fit). A run compiled by ``auto`` falls back to eager where a graph fails to compile: it did not
+    ask for compilation and should not die of it (torch prints why)."""
+    if setting != "auto":
+        return bool(setting)
+    fitting = trainer is not None and trainer.state.fn == "fit"
+    refusal = auto_compile_refusal(
+        model, fitting, trainer.strategy.root_device.type if trainer is not None else "cpu",
+        quantized=quantized, gradient_checkpointing=gradient_checkpointing,
+        padding_free=getattr(getattr(trainer, "datamodule", None), "padding_free", False),
+        sharded=trainer is not None and shards_training_state(trainer.strategy))
+    if refusal is None:
+        torch._dynamo.config.suppress_errors = True
+    elif fitting:
+        rank_zero_info(f"model.torch_compile auto: decoder layers left eager ({refusal})")
+    return refusal is None

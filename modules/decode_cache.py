@@ -5,7 +5,8 @@ every layer: one copy of the whole cache per generated token. With 32 rows of ~3
 SmolLM2 that copy (``aten::cat``) was 29% of a decoding step on a 2-core CPU (torch profiler).
 Here each layer keeps its keys and values in a buffer with room for the tokens still to come; a
 step writes one column and attention reads a view of the filled part. The buffers are built again
-only when the batch changes (rows leave, prompts join: ``modules/decoding.py``).
+(``reserved_cache``) only when the batch changes (rows leave, prompts join: ``modules/decoding.py``),
+so the layers never select or repeat rows in place.
 
 Rows are right-aligned: each row's real tokens end at the same column, and the columns before a
 row's first token are zeros that the attention mask hides (zeros, not uninitialised memory: a
@@ -48,15 +49,6 @@ class ReservedLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
-        self._show_filled()
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
-        self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
-        self._show_filled()
 
 
 def _with_capacity(buffer: torch.Tensor, length: int, capacity: int) -> torch.Tensor:

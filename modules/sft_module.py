@@ -36,8 +36,7 @@ from modules.generation import GenerationPlan, GenerationSettings, default_per_t
 from modules.heads import Head, LMHead
 from modules.heads.choice_export import restore_choice_head
 from modules.heads.kept_logits import refuse_packing
-from modules.compiling import (auto_compile_refusal, compile_repeated_blocks, eager_generation,
-                               fall_back_to_eager_on_errors)
+from modules.compiling import compile_repeated_blocks, compiles_this_run, eager_generation
 from modules.kernels import apply_liger_kernels, require_liger
 from modules.loading import Dtype, follow_tokenizer, load_causal_lm
 from modules.optim import Schedule, one_dimensional_names, parameter_groups, schedule, with_fused_step
@@ -50,7 +49,7 @@ from modules.quantization import (
     require_cuda_for_quantization,
 )
 from modules.resume import follow_current_schedule, mark_cut_epoch_unfinished, rebuild_train_loader_after_restore
-from modules.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding, shards_parameters
+from modules.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding
 
 
 # Validation and test means are reduced over the ranks here (``_log_evaluation``), then logged as they are.
@@ -194,7 +193,8 @@ class SFTModule(L.LightningModule):
         self.model = self.build_backbone()
         if self.neftune_alpha is not None:  # the hook adds noise only while the embeddings are in train mode
             activate_neftune(self.model, self.neftune_alpha)
-        if self._compiles():
+        if compiles_this_run(self.torch_compile, self.model, self._trainer, quantized=self.quantization is not None,
+                             gradient_checkpointing=self.gradient_checkpointing):
             rank_zero_info(f"compiled {compile_repeated_blocks(self.model)} decoder layers (torch.compile)")
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
         self.head.setup(self.model, self.tokenizer)
@@ -205,24 +205,6 @@ class SFTModule(L.LightningModule):
         self.trainable_share = self.trainable_parameters / self.total_parameters
         rank_zero_info(f"trainable parameters: {self.trainable_parameters:,} of {self.total_parameters:,} "
                        f"({100 * self.trainable_share:.3f}%)")
-
-    def _compiles(self) -> bool:
-        """``model.torch_compile`` as given, or what ``auto`` decides for this run (modules/compiling.py)."""
-        if self.torch_compile != "auto":
-            return bool(self.torch_compile)
-        trainer = self._trainer
-        fitting = trainer is not None and trainer.state.fn == "fit"
-        refusal = auto_compile_refusal(
-            self.model, fitting, trainer.strategy.root_device.type if trainer is not None else "cpu",
-            quantized=self.quantization is not None, gradient_checkpointing=self.gradient_checkpointing,
-            padding_free=getattr(getattr(trainer, "datamodule", None), "padding_free", False),
-            sharded=trainer is not None and (shards_parameters(trainer.strategy)
-                                             or "DeepSpeed" in type(trainer.strategy).__name__))
-        if refusal is None:
-            fall_back_to_eager_on_errors()
-        elif fitting:
-            rank_zero_info(f"model.torch_compile auto: decoder layers left eager ({refusal})")
-        return refusal is None
 
     def build_backbone(self):
         """The causal LM with its PEFT wrapper, as configured (also what a sharded run's merged export

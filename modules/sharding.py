@@ -94,6 +94,11 @@ def shards_parameters(strategy) -> bool:
     return isinstance(strategy, DeepSpeedStrategy) and bool(getattr(strategy, "zero_stage_3", False))
 
 
+def shards_training_state(strategy) -> bool:
+    """FSDP, FSDP2 or DeepSpeed at any ZeRO stage: weights, gradients or optimizer state live in shards."""
+    return shards_parameters(strategy) or isinstance(strategy, DeepSpeedStrategy)
+
+
 def strategy_name(strategy) -> str:
     if isinstance(strategy, DeepSpeedStrategy):
         return f"DeepSpeed ZeRO stage {strategy.config.get('zero_optimization', {}).get('stage', '?')}"
