@@ -79,7 +79,8 @@ def write_test_config(tmp_path: Path, model_dir: Path, record_format: str) -> st
         "trainer": {"accelerator": "cpu", "enable_progress_bar": False,
                     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                "init_args": {"save_dir": str(tmp_path / "runs"), "name": record_format}}},
-        "model": {"model_name_or_path": str(model_dir), "generation": {"max_new_tokens": 3}},
+        # one row decoding at a time: the other prompt joins when the first answer ends (continuous batching)
+        "model": {"model_name_or_path": str(model_dir), "generation": {"max_new_tokens": 3}, "answer_rows": 1},
         "data": {"test_path": write_records(tmp_path / name, records, as_list), "format": record_format,
                  "eval_batch_size": 2},
     }
