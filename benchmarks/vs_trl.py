@@ -1,8 +1,10 @@
 """This trainer and TRL's ``SFTTrainer`` side by side: same records, model, method, batches, lengths.
 
 Each side trains in its own process (its own peak-memory counter), one after the other, then one
-table is printed (and written with ``--out``): real tokens per second, peak memory, final training
-loss, and ours/TRL. A ratio holds across machines; an absolute CPU figure does not.
+table is printed (and written with ``--out``): real tokens per second, peak memory, the trained
+model's loss over the records' trained tokens (computed after training, the same way for both
+sides: step losses are not comparable, the two trainers order batches differently), and ours/TRL. A ratio holds across machines; an
+absolute CPU figure does not.
 
     .venv/bin/python -m benchmarks.vs_trl --method lora --records 64 --out benchmarks/vs_trl/cpu_lora.md
     .venv/bin/python -m benchmarks.vs_trl --method full --records 64
@@ -47,6 +49,31 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def loss_on_records(model, tokenizer, train_path: str, bf16: bool, max_length: int) -> float:
+    """The trained model's token-weighted loss over every trained token of the records (cut at
+    ``max_length`` as in training), one record at a time, computed the same way for both sides:
+    what the training reached, comparable where step losses are not (the two trainers order
+    batches differently)."""
+    import torch
+
+    from datamodules.chat_tokens import tokenize_conversation
+    from datamodules.normalize import ConversationSpec, read_records
+    from modules.compiling import eager_generation
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), eager_generation():
+        for record in read_records(train_path, ConversationSpec("typed")):
+            tokens = tokenize_conversation(tokenizer, record.messages)
+            input_ids = torch.tensor([tokens["input_ids"][:max_length]])
+            labels = torch.tensor([tokens["labels"][:max_length]])
+            trained = int((labels[:, 1:] != -100).sum())
+            if trained:
+                total += float(model(input_ids=input_ids, labels=labels).loss) * trained
+                count += trained
+    return total / count
+
+
 # One side per process -------------------------------------------------------------------------------
 def run_trl(args) -> dict:
     """TRL's SFTTrainer on the records as prompt-completion conversations (answers-only loss)."""
@@ -79,8 +106,10 @@ def run_trl(args) -> dict:
     real_tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     result = trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    trained_loss = loss_on_records(trainer.model, tokenizer, args.train_path, bf16, args.max_length)
     return {"side": "TRL SFTTrainer", "seconds": result.metrics["train_runtime"], "real_tokens": real_tokens,
             "peak_mib": peak_rss_mib(), "final_loss": losses[-1] if losses else None,
+            "mean_loss": result.metrics["train_loss"], "trained_loss": trained_loss,
             "precision": "bf16-mixed" if bf16 else "32-true"}
 
 
@@ -102,8 +131,11 @@ def run_ours(args) -> dict:
         "--checkpoint.save_last", "false", "--checkpoint.save_top_k", "0", *args.ours_args])
     summary = json.loads((Path(cli.trainer.log_dir) / "summary.json").read_text())
     seconds = summary["epoch_seconds"]
+    trained_loss = loss_on_records(cli.model.model, cli.model.tokenizer, args.train_path,
+                                   str(cli.trainer.precision) == "bf16-mixed", args.max_length)
     return {"side": "lightning-sft", "seconds": seconds, "real_tokens": summary["tokens_per_second"] * seconds,
             "peak_mib": peak_rss_mib(), "final_loss": summary["last_step_train_loss"],
+            "mean_loss": summary["final_train_loss"], "trained_loss": trained_loss,
             "precision": str(cli.trainer.precision)}
 
 
@@ -121,11 +153,12 @@ def measure(side: str, args, work_dir: Path, train_path: Path) -> dict:
 
 def table(results: list[dict], args) -> str:
     trl, ours = results
-    rows = ["| side | precision | real tokens/s | peak RSS (MiB) | last step loss |", "|---|---|---|---|---|"]
+    rows = ["| side | precision | real tokens/s | peak RSS (MiB) | loss on the records after training |",
+            "|---|---|---|---|---|"]
     for result in results:
         speed = result["real_tokens"] / result["seconds"]
-        loss = "n/a" if result["final_loss"] is None else f"{result['final_loss']:.4f}"
-        rows.append(f"| {result['side']} | {result['precision']} | {speed:.1f} | {result['peak_mib']:.0f} | {loss} |")
+        rows.append(f"| {result['side']} | {result['precision']} | {speed:.1f} | {result['peak_mib']:.0f} | "
+                    f"{result['trained_loss']:.4f} |")
     speed_ratio = (ours["real_tokens"] / ours["seconds"]) / (trl["real_tokens"] / trl["seconds"])
     rows.append(f"| ours / TRL | | {speed_ratio:.2f}x | {ours['peak_mib'] / trl['peak_mib']:.2f}x | |")
     settings = (f"{args.method}, {args.records} bundled records, micro-batch {args.batch} x {args.accumulate}, "

@@ -37,7 +37,7 @@ class ValidationAnswers(Callback):
             return
         from evaluation.scoring import numeric_items, score_records
 
-        answers = self._answers(trainer.datamodule, pl_module)
+        answers = self._answers(trainer, pl_module)
         wanted = {row["id"] for row in answers}
         references = [record for record in trainer.datamodule.records("val") if record.id in wanted]
         self.metrics = score_records({row["id"]: row["content"] for row in answers}, references)
@@ -45,12 +45,14 @@ class ValidationAnswers(Callback):
             pl_module.log(f"val/{name}", value, batch_size=1)
         self._log_text(trainer, answers, references)
 
-    def _answers(self, datamodule, pl_module) -> list[dict]:
-        """Generated as ``sft test`` generates them, adapters merged; training goes on from exactly the
-        weights it had (``restore_exactly``)."""
+    def _answers(self, trainer, pl_module) -> list[dict]:
+        """Generated as ``sft test`` generates them: adapters merged, in the run's precision (this hook
+        runs outside Lightning's autocast, and a bf16-mixed LoRA fit keeps its frozen weights in bf16:
+        modules/frozen_weights.py); training goes on from exactly the weights it had
+        (``restore_exactly``)."""
         answers = []
-        with adapters_merged(pl_module.model, restore_exactly=True):
-            for batch in datamodule.answer_dataloader("val", self.num_records):
+        with adapters_merged(pl_module.model, restore_exactly=True), trainer.precision_plugin.forward_context():
+            for batch in trainer.datamodule.answer_dataloader("val", self.num_records):
                 answers += pl_module.predict_step(move_data_to_device(batch, pl_module.device), 0)
         return answers
 

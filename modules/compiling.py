@@ -43,7 +43,13 @@ def compile_repeated_blocks(model: nn.Module) -> int:
 
     When the input embeddings are frozen (LoRA and the like), the first block's input is the only
     one that needs no gradient: compiled, it would be a graph of its own (dynamo guards on
-    ``requires_grad``), one more compile (~15 s on 2 CPU cores) for 1 block in 30. It stays eager."""
+    ``requires_grad``), one more compile (~15 s on 2 CPU cores) for 1 block in 30. It stays eager.
+
+    Python floats are compiled as constants (``specialize_float``): with ``dynamic=True`` dynamo
+    otherwise makes the layers' float attributes (RMSNorm's epsilon, LoRA's scaling) symbolic,
+    traces the whole graph, finds them used as constants and traces again with them fixed; that
+    first trace missed the compile cache every time. The first step of a warm-cache LoRA fit on
+    2 CPU cores took 7.0 s with the retrace, 3.2 s without (SmolLM2-135M, 4 x 107 tokens)."""
     classes = repeated_block_classes(model)
     blocks = [module for module in model.modules() if type(module).__name__ in classes]
     if not blocks:
@@ -51,6 +57,7 @@ def compile_repeated_blocks(model: nn.Module) -> int:
                          f"to compile; leave {OPTION} off for this model")
     if len(blocks) > 1 and not first_block_input_needs_grad(model):
         blocks = blocks[1:]
+    torch._dynamo.config.specialize_float = True
     for block in blocks:
         block.compile(dynamic=True)
     return len(blocks)

@@ -48,6 +48,8 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
             torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
     # one graph for every layer and both lengths (a graph per layer would mean compile time x layers)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2, dict(torch._dynamo.utils.counters["stats"])
+    # each graph traced once: no second trace for float constants (it missed the compile cache each run)
+    assert torch._dynamo.utils.counters["aot_autograd"]["total"] == torch._dynamo.utils.counters["stats"]["unique_graphs"]
     prompt = torch.randint(0, 256, (1, 6))
     with torch.no_grad():
         expected = eager.generate(input_ids=prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
@@ -93,6 +95,7 @@ def test_auto_leaves_a_tiny_fit_eager_and_true_compiles_it(tiny_model_dir):
 
     class Fitting:
         state = type("State", (), {"fn": "fit"})()
+        precision = "32-true"
         strategy = type("Strategy", (), {"root_device": torch.device("cpu")})()
         datamodule = None
     for setting, compiled in (("auto", False), (True, True)):

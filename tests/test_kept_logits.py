@@ -96,3 +96,18 @@ def test_multi_head_lm_loss_covers_non_choice_rows_with_their_logits_only(tiny_m
         rows = lm_head_rows(module, lambda: module.head.training_loss(module.model, batch))
     assert float(parts["lm_loss"]) == pytest.approx(float(expected), rel=1e-5)
     assert rows == [int(divisor)]  # the choice row's answer letter is the classifier's job: no LM logits
+
+
+@pytest.mark.parametrize(("method", "dropped"), [("full", True), ("lora", True), ("adalora", True),
+                                                  ("prompt", False), ("prefix", False)])
+def test_right_padded_rows_go_to_the_kernel_without_a_padding_mask(method, dropped, tiny_model_dir, tmp_path):
+    """A causal model needs no padding mask for right-padded rows (the padding comes after every real
+    token); the loss above equals transformers' masked one. Virtual tokens keep the mask."""
+    from modules.heads.kept_logits import kernel_attention_mask
+
+    module = sft_module(tiny_model_dir, peft_config=PEFT_CONFIGS[method]())
+    batch = typed_batch(tiny_model_dir, tmp_path, TYPED_RECORDS)
+    assert not batch["attention_mask"].all()  # rows of different lengths: there is padding
+    assert (kernel_attention_mask(module.model, batch) is None) == dropped
+    left_padded = {"attention_mask": batch["attention_mask"].flip(1)}
+    assert kernel_attention_mask(module.model, left_padded) is left_padded["attention_mask"]

@@ -61,6 +61,29 @@ def refuse_packing(peft_config, neftune_alpha: float | None = None) -> None:
         )
 
 
+def kernel_attention_mask(model: nn.Module, batch: dict) -> torch.Tensor | None:
+    """The padding mask the attention kernel needs for ``batch``: None when every row is padded on the
+    right and the model adds no virtual tokens.
+
+    Under a causal mask a token attends only to tokens before it; in a right-padded row those are all
+    real, so the padding mask changes nothing but the outputs at the padding positions, which no
+    loss reads (their labels are -100, and no logits are kept there). Without it, SDPA takes its
+    ``is_causal`` path: on 2 CPU cores SmolLM2 LoRA trained ~8% faster than with a mask on every
+    batch, and a batch with padding and one without run the same compiled graph instead of two.
+    Left-padded rows (prompts) and prompt-learning methods (virtual tokens in front, or as a
+    cache) keep the mask."""
+    attention_mask = batch.get("attention_mask")
+    if attention_mask is None or prepended_positions(model) or _cached_virtual_tokens(model):
+        return attention_mask
+    right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+    return None if right_padded else attention_mask
+
+
+def _cached_virtual_tokens(model: nn.Module) -> bool:
+    peft_config = getattr(model, "active_peft_config", None)
+    return peft_config is not None and peft_config.peft_type in VIRTUAL_TOKENS_AS_CACHE
+
+
 def forward_keeping(model: nn.Module, batch: dict, keep: torch.Tensor, targets: torch.Tensor, divisor=None,
                     hidden: bool = False):
     """One pass over the right-padded (or packed) sequences, logits only for the True cells of ``keep`` (batch, seq).
@@ -78,7 +101,7 @@ def forward_keeping(model: nn.Module, batch: dict, keep: torch.Tensor, targets: 
     if is_packed(batch):
         extra.update(position_ids=batch["position_ids"], **{name: batch[name] for name in PACKED_KERNEL_ARGUMENTS})
     virtual = prepended_positions(model)
-    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+    return model(input_ids=batch["input_ids"], attention_mask=kernel_attention_mask(model, batch),
                  logits_to_keep=nn.functional.pad(keep, (virtual, 0), value=False),
                  labels=batch["labels"], shift_labels=targets[keep], output_hidden_states=hidden,
                  use_cache=False, **extra)  # no KV cache: nothing reads it, and it would tie each layer to its index

@@ -1,0 +1,96 @@
+"""Compiled CPU fits attend with plain matmuls and softmax when a batch is short, SDPA otherwise: the
+same loss and gradients as SDPA either way, with or without a padding mask; only where it applies."""
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import MistralConfig
+
+import modules.short_attention as short_attention
+from core.constants import IGNORE_INDEX
+from modules.heads.kept_logits import forward_keeping, next_token_labels
+from modules.loading import load_causal_lm
+from modules.peft_setup import apply_peft
+from modules.short_attention import use_plain_attention_when_short
+
+
+def _lora(folder):
+    torch.manual_seed(0)
+    return apply_peft(load_causal_lm(str(folder)), LoraConfig(r=4, lora_alpha=8, init_lora_weights=False), [])
+
+
+def _loss_and_grads(model, batch) -> tuple[torch.Tensor, dict]:
+    model.zero_grad()
+    targets = next_token_labels(batch["labels"])
+    loss = forward_keeping(model, batch, targets != IGNORE_INDEX, targets).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _batch(lengths: list[int], left_padded: bool = False) -> dict:
+    """Rows of the given real lengths, padded to the longest (right-padded: the kernel gets no mask)."""
+    torch.manual_seed(1)
+    width = max(lengths)
+    input_ids = torch.randint(0, 256, (len(lengths), width))
+    mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
+    if left_padded:
+        mask = mask.flip(1)
+    labels = input_ids.masked_fill(mask == 0, IGNORE_INDEX)
+    for row, length in enumerate(lengths):  # the first real token is predicted from padding if left-padded
+        labels[row, : width - length + 1 if left_padded else width // 3] = IGNORE_INDEX
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    calls = []
+    original = short_attention.sdpa_attention_forward
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape[2])  # the query length
+        return original(*args, **kwargs)
+    monkeypatch.setattr(short_attention, "sdpa_attention_forward", counting)
+    return calls
+
+
+@pytest.mark.parametrize("left_padded", [False, True])
+def test_short_batches_attend_plainly_with_sdpa_loss_and_gradients(tiny_model_dir, sdpa_calls, left_padded):
+    reference, switched = _lora(tiny_model_dir), _lora(tiny_model_dir)
+    assert use_plain_attention_when_short(switched, "cpu", None)
+    batch = _batch([9, 14, 6], left_padded)
+    expected_loss, expected_grads = _loss_and_grads(reference, batch)
+    sdpa_calls.clear()
+    loss, grads = _loss_and_grads(switched, batch)
+    assert sdpa_calls == []  # every layer took the plain path
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected_grads.keys() and grads
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_long_batches_and_answering_use_sdpa(tiny_model_dir, sdpa_calls, monkeypatch):
+    model = _lora(tiny_model_dir)
+    use_plain_attention_when_short(model, "cpu", None)
+    layers = model.config.num_hidden_layers
+    monkeypatch.setattr(short_attention, "SHORT_ELEMENTS", 3 * 4 * 10 * 10)  # rows x heads x 10 x 10
+    _loss_and_grads(model, _batch([9, 10, 6]))
+    assert sdpa_calls == []
+    _loss_and_grads(model, _batch([9, 11, 6]))  # 11 x 11 attention weights: over the bound
+    assert sdpa_calls == [11] * layers
+    sdpa_calls.clear()
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 256, (1, 5)))
+    assert sdpa_calls == [5] * layers
+
+
+def test_only_cpu_runs_of_plain_attention_families_that_left_the_choice_switch(tiny_model_dir):
+    assert not use_plain_attention_when_short(_lora(tiny_model_dir), "cuda", None)
+    assert not use_plain_attention_when_short(_lora(tiny_model_dir), "cpu", "sdpa")  # the user chose
+    eager = load_causal_lm(str(tiny_model_dir), attn_implementation="eager")
+    assert not use_plain_attention_when_short(eager, "cpu", None)
+    assert eager.config._attn_implementation == "eager"
+    windowed = type("Model", (), {"config": MistralConfig(sliding_window=8, attn_implementation="sdpa")})()
+    assert not use_plain_attention_when_short(windowed, "cpu", None)
+    other_family = type("Model", (), {"config": type("Config", (), {"_attn_implementation": "sdpa",
+                                                                       "model_type": "gemma2"})()})()
+    assert not use_plain_attention_when_short(other_family, "cpu", None)
