@@ -9,6 +9,7 @@ from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig
 from core.step_loss import trained_tokens_in
 from core.constants import IGNORE_INDEX
 from modules.heads import LMHead, MultiHead
+from modules.heads.kept_logits import kernel_attention_mask
 from modules.peft_setup import AdaLoraConfig
 from tests.factories import TYPED_RECORDS, sft_module, typed_batch
 
@@ -103,8 +104,6 @@ def test_multi_head_lm_loss_covers_non_choice_rows_with_their_logits_only(tiny_m
 def test_right_padded_rows_go_to_the_kernel_without_a_padding_mask(method, dropped, tiny_model_dir, tmp_path):
     """A causal model needs no padding mask for right-padded rows (the padding comes after every real
     token); the loss above equals transformers' masked one. Virtual tokens keep the mask."""
-    from modules.heads.kept_logits import kernel_attention_mask
-
     module = sft_module(tiny_model_dir, peft_config=PEFT_CONFIGS[method]())
     batch = typed_batch(tiny_model_dir, tmp_path, TYPED_RECORDS)
     assert not batch["attention_mask"].all()  # rows of different lengths: there is padding

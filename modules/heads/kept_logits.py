@@ -68,10 +68,11 @@ def kernel_attention_mask(model: nn.Module, batch: dict) -> torch.Tensor | None:
     Under a causal mask a token attends only to tokens before it; in a right-padded row those are all
     real, so the padding mask changes nothing but the outputs at the padding positions, which no
     loss reads (their labels are -100, and no logits are kept there). Without it, SDPA takes its
-    ``is_causal`` path: on 2 CPU cores SmolLM2 LoRA trained ~8% faster than with a mask on every
-    batch, and a batch with padding and one without run the same compiled graph instead of two.
-    Left-padded rows (prompts) and prompt-learning methods (virtual tokens in front, or as a
-    cache) keep the mask."""
+    ``is_causal`` path (on a GPU its flash kernel, which takes no mask), and a batch with padding and
+    one without run the same compiled graph instead of two. On 2 CPU cores, SmolLM2 LoRA bf16, four
+    alternating runs averaged 337 tokens/s without the mask against 320 with it (single runs vary
+    ±5%). The check costs one host sync per micro-batch on a GPU. Left-padded rows (prompts) and
+    prompt-learning methods (virtual tokens in front, or as a cache) keep the mask."""
     attention_mask = batch.get("attention_mask")
     if attention_mask is None or prepended_positions(model) or _cached_virtual_tokens(model):
         return attention_mask
