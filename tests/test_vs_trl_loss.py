@@ -1,10 +1,12 @@
-"""The CPU benchmark's loss column: the trained model's token-weighted loss over every trained token
-of the records, the same for both sides (benchmarks/vs_trl.py)."""
+"""The CPU benchmark's table (benchmarks/vs_trl.py): the trained model's token-weighted loss over every
+trained token of the records, the same for both sides, and the median of repeated runs."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from benchmarks.vs_trl import loss_on_records
+from benchmarks.vs_trl import loss_on_records, median_run, table
 from datamodules.chat_tokens import tokenize_conversation
 from datamodules.normalize import ConversationSpec, read_records
 from modules.loading import load_causal_lm
@@ -25,3 +27,16 @@ def test_loss_on_records_weights_every_trained_token_alike(tiny_model_dir, token
     assert len(losses) > 2 * len(TYPED_RECORDS)  # records of different lengths: a per-record mean would differ
     assert loss_on_records(model, tokenizer, path, bf16=False, max_length=512) == pytest.approx(
         sum(losses) / len(losses), rel=1e-5)
+
+
+def test_the_table_shows_each_sides_median_run_and_every_runs_speed():
+    def run(side, seconds):
+        return {"side": side, "seconds": seconds, "real_tokens": 1000.0, "peak_mib": seconds, "trained_loss": 0.5,
+                "precision": "32-true"}
+    trl = median_run([run("TRL", 10.0), run("TRL", 8.0), run("TRL", 12.0)])
+    ours = median_run([run("ours", 2.0), run("ours", 4.0), run("ours", 2.5)])
+    assert trl["seconds"] == 10.0 and ours["seconds"] == 2.5  # 100 and 400 tokens/s: the middle runs
+    args = SimpleNamespace(method="lora", records=3, batch=1, accumulate=1, max_length=8, lr=0.1, model="m", repeats=3)
+    text = table([trl, ours], args)
+    assert "| ours / TRL | | 4.00x | 0.25x | |" in text
+    assert "TRL: 100.0, 125.0, 83.3; ours: 500.0, 250.0, 400.0" in text
