@@ -24,6 +24,8 @@ import peft
 import torch
 from torch import nn
 
+from modules.sharding import shards_training_state
+
 PRECISION = "bf16-mixed"
 
 
@@ -33,6 +35,16 @@ def stores_frozen_in_bf16(model: nn.Module, precision: str, sharded: bool) -> bo
         return False
     config = model.active_peft_config
     return isinstance(config, peft.LoraConfig) and not getattr(config, "use_dora", False)
+
+
+def store_frozen_weights_for_fit(model: nn.Module, trainer) -> int:
+    """Applies the bf16 storage where this run is a fit that takes it; returns how many weights were
+    cast (0 elsewhere). Fitting only: ``sft predict`` / ``sft test`` unmerge adapters after
+    answering, which a bf16 weight would not take back as exactly as a float32 one."""
+    if trainer is None or trainer.state.fn != "fit" or not stores_frozen_in_bf16(
+            model, trainer.precision, shards_training_state(trainer.strategy)):
+        return 0
+    return store_frozen_linear_weights(model)
 
 
 def store_frozen_linear_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:

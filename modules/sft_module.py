@@ -33,7 +33,7 @@ from core.tokenizer import load_tokenizer
 from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
 from modules.answer_merging import adapters_merged
 from modules.generation import GenerationPlan, GenerationSettings, default_per_type
-from modules.frozen_weights import store_frozen_linear_weights, stores_frozen_in_bf16
+from modules.frozen_weights import store_frozen_weights_for_fit
 from modules.heads import Head, LMHead
 from modules.heads.choice_export import restore_choice_head
 from modules.heads.kept_logits import refuse_packing
@@ -51,7 +51,7 @@ from modules.quantization import (
 )
 from modules.resume import follow_current_schedule, mark_cut_epoch_unfinished, rebuild_train_loader_after_restore
 from modules.short_attention import use_plain_attention_when_short
-from modules.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding, shards_training_state
+from modules.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding
 
 
 # Validation and test means are reduced over the ranks here (``_log_evaluation``), then logged as they are.
@@ -195,7 +195,8 @@ class SFTModule(L.LightningModule):
         self.model = self.build_backbone()
         if self.neftune_alpha is not None:  # the hook adds noise only while the embeddings are in train mode
             activate_neftune(self.model, self.neftune_alpha)
-        self._store_frozen_weights_in_bf16()
+        if cast := store_frozen_weights_for_fit(self.model, self._trainer):  # bf16-mixed LoRA fits
+            rank_zero_info(f"frozen weights of {cast} linear layers stored in bf16 (what bf16-mixed computes with)")
         if compiles_this_run(self.torch_compile, self.model, self._trainer, quantized=self.quantization is not None,
                              gradient_checkpointing=self.gradient_checkpointing):
             rank_zero_info(f"compiled {compile_repeated_blocks(self.model)} decoder layers (torch.compile)")
@@ -216,17 +217,6 @@ class SFTModule(L.LightningModule):
         device_type = self._trainer.strategy.root_device.type if self._trainer is not None else "cpu"
         if use_plain_attention_when_short(self.model, device_type, self.attn_implementation):
             rank_zero_info("attention: matmuls and softmax for short batches, SDPA for long ones (compiled, CPU)")
-
-    def _store_frozen_weights_in_bf16(self) -> None:
-        """A bf16-mixed LoRA fit keeps its frozen matrix weights in bf16 (modules/frozen_weights.py).
-        Fitting only: ``sft predict`` / ``sft test`` unmerge adapters after answering, which a bf16
-        weight would not take back as exactly as a float32 one."""
-        trainer = self._trainer
-        if trainer is None or trainer.state.fn != "fit" or not stores_frozen_in_bf16(
-                self.model, trainer.precision, shards_training_state(trainer.strategy)):
-            return
-        count = store_frozen_linear_weights(self.model)
-        rank_zero_info(f"frozen weights of {count} linear layers stored in bf16 (what bf16-mixed computes with)")
 
     def build_backbone(self):
         """The causal LM with its PEFT wrapper, as configured (also what a sharded run's merged export

@@ -4,10 +4,13 @@ import json
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 
+from core.constants import IGNORE_INDEX
 from core.step_loss import StepTokenCounts
 from datamodules.sft_datamodule import SFTDataModule
+from modules.heads.kept_logits import forward_keeping, next_token_labels
 from modules.sft_module import SFTModule
 
 # Answers of very different lengths: a per-micro-batch mean would weight them differently.
@@ -24,6 +27,15 @@ TYPED_RECORDS = [
      "answer": "```python\ndef f():\n    return 1\n```", "test": "def check(candidate):\n    assert candidate() == 1\n",
      "entry_point": "f"},
 ]
+
+
+def kept_loss_and_grads(model, batch) -> tuple[torch.Tensor, dict]:
+    """The answer-only loss of ``batch`` (logits only where trained) and the gradients it gives."""
+    model.zero_grad()
+    targets = next_token_labels(batch["labels"])
+    loss = forward_keeping(model, batch, targets != IGNORE_INDEX, targets).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
 def write_jsonl(path: Path, records: list[dict]) -> str:

@@ -5,23 +5,15 @@ import torch
 from peft import LoraConfig
 
 from modules.compiling import compile_repeated_blocks, eager_generation
-from modules.heads.kept_logits import forward_keeping, next_token_labels
 from modules.loading import load_causal_lm
 from modules.peft_setup import apply_peft
+from tests.factories import kept_loss_and_grads
 from core.constants import IGNORE_INDEX
 
 
 def _lora_model(folder):
     torch.manual_seed(0)
     return apply_peft(load_causal_lm(str(folder)), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), [])
-
-
-def _loss_and_grads(model, batch) -> tuple[torch.Tensor, dict]:
-    model.zero_grad()
-    targets = next_token_labels(batch["labels"])
-    loss = forward_keeping(model, batch, targets != IGNORE_INDEX, targets).loss
-    loss.backward()
-    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
 def _batch(length: int) -> dict:
@@ -40,8 +32,8 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
     torch._dynamo.utils.counters.clear()
     for length in (12, 17):  # a second length reuses the dynamic graph
         batch = _batch(length)
-        eager_loss, eager_grads = _loss_and_grads(eager, batch)
-        compiled_loss, compiled_grads = _loss_and_grads(compiled, batch)
+        eager_loss, eager_grads = kept_loss_and_grads(eager, batch)
+        compiled_loss, compiled_grads = kept_loss_and_grads(compiled, batch)
         torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
         assert compiled_grads.keys() == eager_grads.keys() and compiled_grads
         for name, grad in eager_grads.items():

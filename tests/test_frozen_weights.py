@@ -13,13 +13,12 @@ from peft import LoraConfig
 from core.constants import IGNORE_INDEX
 from modules.answer_merging import adapted_base_parameters, adapters_merged
 from modules.frozen_weights import store_frozen_linear_weights, stores_frozen_in_bf16
-from modules.heads.kept_logits import forward_keeping, next_token_labels
 from modules.loading import load_causal_lm
 from modules.peft_setup import apply_peft
 from callbacks.merge_adapters import MergeAdapters
 from datamodules.sft_datamodule import SFTDataModule
 from modules.sft_module import SFTModule
-from tests.factories import TYPED_RECORDS, quiet_trainer, write_jsonl
+from tests.factories import TYPED_RECORDS, kept_loss_and_grads, quiet_trainer, write_jsonl
 
 
 def _lora(folder, **options):
@@ -28,12 +27,8 @@ def _lora(folder, **options):
 
 
 def _bf16_loss_and_grads(model, batch) -> tuple[torch.Tensor, dict]:
-    model.zero_grad()
-    targets = next_token_labels(batch["labels"])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = forward_keeping(model, batch, targets != IGNORE_INDEX, targets).loss
-    loss.backward()
-    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return kept_loss_and_grads(model, batch)
 
 
 def test_bf16_storage_gives_the_float32_storage_loss_and_adapter_gradients(tiny_model_dir):

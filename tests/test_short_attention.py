@@ -8,23 +8,15 @@ from transformers import MistralConfig
 
 import modules.short_attention as short_attention
 from core.constants import IGNORE_INDEX
-from modules.heads.kept_logits import forward_keeping, next_token_labels
 from modules.loading import load_causal_lm
 from modules.peft_setup import apply_peft
+from tests.factories import kept_loss_and_grads
 from modules.short_attention import use_plain_attention_when_short
 
 
 def _lora(folder):
     torch.manual_seed(0)
     return apply_peft(load_causal_lm(str(folder)), LoraConfig(r=4, lora_alpha=8, init_lora_weights=False), [])
-
-
-def _loss_and_grads(model, batch) -> tuple[torch.Tensor, dict]:
-    model.zero_grad()
-    targets = next_token_labels(batch["labels"])
-    loss = forward_keeping(model, batch, targets != IGNORE_INDEX, targets).loss
-    loss.backward()
-    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
 def _batch(lengths: list[int], left_padded: bool = False) -> dict:
@@ -58,9 +50,9 @@ def test_short_batches_attend_plainly_with_sdpa_loss_and_gradients(tiny_model_di
     reference, switched = _lora(tiny_model_dir), _lora(tiny_model_dir)
     assert use_plain_attention_when_short(switched, "cpu", None)
     batch = _batch([9, 14, 6], left_padded)
-    expected_loss, expected_grads = _loss_and_grads(reference, batch)
+    expected_loss, expected_grads = kept_loss_and_grads(reference, batch)
     sdpa_calls.clear()
-    loss, grads = _loss_and_grads(switched, batch)
+    loss, grads = kept_loss_and_grads(switched, batch)
     assert sdpa_calls == []  # every layer took the plain path
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
     assert grads.keys() == expected_grads.keys() and grads
@@ -73,9 +65,9 @@ def test_long_batches_and_answering_use_sdpa(tiny_model_dir, sdpa_calls, monkeyp
     use_plain_attention_when_short(model, "cpu", None)
     layers = model.config.num_hidden_layers
     monkeypatch.setattr(short_attention, "SHORT_ELEMENTS", 3 * 4 * 10 * 10)  # rows x heads x 10 x 10
-    _loss_and_grads(model, _batch([9, 10, 6]))
+    kept_loss_and_grads(model, _batch([9, 10, 6]))
     assert sdpa_calls == []
-    _loss_and_grads(model, _batch([9, 11, 6]))  # 11 x 11 attention weights: over the bound
+    kept_loss_and_grads(model, _batch([9, 11, 6]))  # 11 x 11 attention weights: over the bound
     assert sdpa_calls == [11] * layers
     sdpa_calls.clear()
     with torch.no_grad():
