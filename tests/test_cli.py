@@ -203,10 +203,12 @@ def test_demo_command_runs_every_step_and_prints_where_things_are(run_config, tm
     assert "| choice | accuracy |" in printed  # the base-vs-tuned table was printed
 
 
-def test_validation_answers_give_a_task_metric_to_keep_the_best_checkpoint(run_config, tmp_path):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # bf16-mixed: LoRA's frozen weights in bf16
+def test_validation_answers_give_a_task_metric_to_keep_the_best_checkpoint(run_config, tmp_path, precision):
     from lightning_app.cli import SFTCLI
 
-    cli = SFTCLI(args=["fit", "--config", run_config, "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
+    cli = SFTCLI(args=["fit", "--config", run_config, "--trainer.precision", precision,
+                       "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
                        "--val_answers.num_records", "2", "--checkpoint.monitor", "val/overall/score",
                        "--checkpoint.mode", "max"])
     events = EventAccumulator(str(tmp_path / "runs" / "tiny" / "version_0")).Reload()
