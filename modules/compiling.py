@@ -3,7 +3,8 @@
 Compiling each decoder layer (the class transformers lists in ``_no_split_modules``), not the
 whole model, is what makes compilation affordable: every layer runs the same code, so one compiled
 graph serves all of them (the first step compiles once, not once per layer), and the PEFT
-wrapper, the heads' ``logits_to_keep`` masks and the loss stay eager Python around them.
+wrapper and the heads' ``logits_to_keep`` masks stay eager Python around them (the loss is compiled
+apart, modules/compiled_loss.py).
 Sequence lengths change from batch to batch, so shapes are compiled dynamic rather than
 recompiled per length.
 

@@ -37,6 +37,7 @@ from modules.frozen_weights import store_frozen_weights_for_fit
 from modules.heads import Head, LMHead
 from modules.heads.choice_export import restore_choice_head
 from modules.heads.kept_logits import refuse_packing
+from modules.compiled_loss import compile_loss
 from modules.compiling import compile_repeated_blocks, compiles_this_run, eager_generation
 from modules.kernels import apply_liger_kernels, require_liger
 from modules.loading import Dtype, follow_tokenizer, load_causal_lm
@@ -200,6 +201,7 @@ class SFTModule(L.LightningModule):
         if compiles_this_run(self.torch_compile, self.model, self._trainer, quantized=self.quantization is not None,
                              gradient_checkpointing=self.gradient_checkpointing):
             rank_zero_info(f"compiled {compile_repeated_blocks(self.model)} decoder layers (torch.compile)")
+            compile_loss(self.model)
             self._plain_attention_when_short()
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
         self.head.setup(self.model, self.tokenizer)
@@ -212,11 +214,12 @@ class SFTModule(L.LightningModule):
                        f"({100 * self.trainable_share:.3f}%)")
 
     def _plain_attention_when_short(self) -> None:
-        """Compiled layers on a CPU: short batches skip the CPU flash-attention kernel's fixed cost
-        (modules/short_attention.py)."""
+        """Compiled layers on a CPU: batches within a memory budget skip the slow CPU flash-attention
+        kernel (modules/short_attention.py)."""
         device_type = self._trainer.strategy.root_device.type if self._trainer is not None else "cpu"
         if use_plain_attention_when_short(self.model, device_type, self.attn_implementation):
-            rank_zero_info("attention: matmuls and softmax for short batches, SDPA for long ones (compiled, CPU)")
+            rank_zero_info("attention: causal blocks of matmuls while their kept weights fit 512 MiB, SDPA beyond "
+                           "(compiled, CPU)")
 
     def build_backbone(self):
         """The causal LM with its PEFT wrapper, as configured (also what a sharded run's merged export

@@ -4,6 +4,7 @@ step gives the eager step's loss and gradients; generation runs eagerly and answ
 import torch
 from peft import LoraConfig
 
+from modules.compiled_loss import compiled_causal_lm_loss
 from modules.compiling import compile_repeated_blocks, eager_generation
 from modules.loading import load_causal_lm
 from modules.peft_setup import apply_peft
@@ -95,3 +96,4 @@ def test_auto_leaves_a_tiny_fit_eager_and_true_compiles_it(tiny_model_dir):
         module._trainer = Fitting()
         module.configure_model()
         assert any(_compiled_layers(module.model)) == compiled, setting
+        assert (module.model.loss_function is compiled_causal_lm_loss) == compiled, setting  # the loss too

@@ -11,6 +11,7 @@ from core.constants import IGNORE_INDEX
 from modules.loading import load_causal_lm
 from modules.peft_setup import apply_peft
 from tests.factories import kept_loss_and_grads
+from modules.block_attention import kept_weight_entries
 from modules.short_attention import use_plain_attention_when_short
 
 
@@ -31,6 +32,12 @@ def _batch(lengths: list[int], left_padded: bool = False) -> dict:
     for row, length in enumerate(lengths):  # the first real token is predicted from padding if left-padded
         labels[row, : width - length + 1 if left_padded else width // 3] = IGNORE_INDEX
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def _kept_bytes(model, rows: int, length: int) -> int:
+    """What the block attention keeps for backward, all layers, float32: the budget a batch may use."""
+    config = model.config
+    return kept_weight_entries(rows, config.num_attention_heads, length) * 4 * config.num_hidden_layers
 
 
 @pytest.fixture
@@ -64,10 +71,10 @@ def test_long_batches_and_answering_use_sdpa(tiny_model_dir, sdpa_calls, monkeyp
     model = _lora(tiny_model_dir)
     use_plain_attention_when_short(model, "cpu", None)
     layers = model.config.num_hidden_layers
-    monkeypatch.setattr(short_attention, "SHORT_ELEMENTS", 3 * 4 * 10 * 10)  # rows x heads x 10 x 10
+    monkeypatch.setattr(short_attention, "KEPT_WEIGHTS_BYTES", _kept_bytes(model, rows=3, length=10))
     kept_loss_and_grads(model, _batch([9, 10, 6]))
     assert sdpa_calls == []
-    kept_loss_and_grads(model, _batch([9, 11, 6]))  # 11 x 11 attention weights: over the bound
+    kept_loss_and_grads(model, _batch([9, 11, 6]))  # 11 tokens: over the budget
     assert sdpa_calls == [11] * layers
     sdpa_calls.clear()
     with torch.no_grad():
@@ -86,3 +93,24 @@ def test_only_cpu_runs_of_plain_attention_families_that_left_the_choice_switch(t
     other_family = type("Model", (), {"config": type("Config", (), {"_attn_implementation": "sdpa",
                                                                        "model_type": "gemma2"})()})()
     assert not use_plain_attention_when_short(other_family, "cpu", None)
+
+
+def test_compiled_layers_attend_in_blocks_with_sdpa_loss_and_one_graph(tiny_model_dir, sdpa_calls):
+    """As in a fit: the layers compiled, the block attention (a custom autograd.Function) inside
+    their graph; two lengths share it."""
+    from modules.compiling import compile_repeated_blocks
+
+    reference, compiled = _lora(tiny_model_dir), _lora(tiny_model_dir)
+    assert use_plain_attention_when_short(compiled, "cpu", None)
+    compile_repeated_blocks(compiled)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for lengths in ([9, 14, 6], [11, 5, 17]):
+        batch = _batch(lengths)
+        expected_loss, expected_grads = kept_loss_and_grads(reference, batch)
+        loss, grads = kept_loss_and_grads(compiled, batch)
+        torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
+        for name, grad in expected_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert sdpa_calls == []
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
