@@ -10,7 +10,7 @@ identity flash attention's backward uses. Compiled with the decoder layer on 2 C
 58-68 ms for the CPU flash-attention kernel (SDPA), 12 against 21 at 256, 3.3 against 8-11 at
 128, 2 against 5 at 64 (float32 at 512: 54 against 60).
 
-``modules/short_attention.py`` decides when it runs (a memory budget for the kept weights).
+``modules/training_attention.py`` decides when it runs (a memory budget for the kept weights).
 """
 
 import torch

@@ -8,8 +8,8 @@ read of the logits, and the gradient (softmax minus one-hot) is written once. On
 884 trained tokens of SmolLM2 (bf16 logits), forward and backward took 237 ms eager and 60 ms
 compiled; in a fit's 4 x 512-token micro-batch the eager loss was ~0.5 s of 6 s.
 
-It is installed where the decoder layers are compiled (``modules/compiling.py``), as the model's
-``loss_function``: the heads' calls (``forward_keeping``) and whatever peft adds to the loss are
+``SFTModule.configure_model`` installs it wherever it compiles the decoder layers
+(``modules/compiling.py``), as the model's ``loss_function``: the heads' calls (``forward_keeping``) and whatever peft adds to the loss are
 unchanged. The same numbers as transformers' loss, to float32 rounding (tests/test_compiled_loss.py).
 """
 

@@ -51,7 +51,7 @@ from modules.quantization import (
     require_cuda_for_quantization,
 )
 from modules.resume import follow_current_schedule, mark_cut_epoch_unfinished, rebuild_train_loader_after_restore
-from modules.short_attention import use_plain_attention_when_short
+from modules.training_attention import use_block_attention_in_budget
 from modules.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding
 
 
@@ -202,7 +202,7 @@ class SFTModule(L.LightningModule):
                              gradient_checkpointing=self.gradient_checkpointing):
             rank_zero_info(f"compiled {compile_repeated_blocks(self.model)} decoder layers (torch.compile)")
             compile_loss(self.model)
-            self._plain_attention_when_short()
+            self._block_attention_in_budget()
         self.model.train()  # from_pretrained returns eval mode, which would switch dropout off in training
         self.head.setup(self.model, self.tokenizer)
         restore_choice_head(self.head, resolve_model_path(self.model_name_or_path))
@@ -213,11 +213,11 @@ class SFTModule(L.LightningModule):
         rank_zero_info(f"trainable parameters: {self.trainable_parameters:,} of {self.total_parameters:,} "
                        f"({100 * self.trainable_share:.3f}%)")
 
-    def _plain_attention_when_short(self) -> None:
+    def _block_attention_in_budget(self) -> None:
         """Compiled layers on a CPU: batches within a memory budget skip the slow CPU flash-attention
-        kernel (modules/short_attention.py)."""
+        kernel (modules/training_attention.py)."""
         device_type = self._trainer.strategy.root_device.type if self._trainer is not None else "cpu"
-        if use_plain_attention_when_short(self.model, device_type, self.attn_implementation):
+        if use_block_attention_in_budget(self.model, device_type, self.attn_implementation):
             rank_zero_info("attention: causal blocks of matmuls while their kept weights fit 512 MiB, SDPA beyond "
                            "(compiled, CPU)")
 

@@ -1,18 +1,19 @@
-"""Compiled CPU fits attend with plain matmuls and softmax when a batch is short, SDPA otherwise: the
-same loss and gradients as SDPA either way, with or without a padding mask; only where it applies."""
+"""Compiled CPU fits attend in causal blocks of matmuls while the weights they keep fit a memory
+budget, SDPA otherwise: the same loss and gradients as SDPA either way, with or without a padding
+mask, eager and compiled; only where it applies."""
 
 import pytest
 import torch
 from peft import LoraConfig
 from transformers import MistralConfig
 
-import modules.short_attention as short_attention
+import modules.training_attention as training_attention
 from core.constants import IGNORE_INDEX
 from modules.loading import load_causal_lm
 from modules.peft_setup import apply_peft
 from tests.factories import kept_loss_and_grads
 from modules.block_attention import kept_weight_entries
-from modules.short_attention import use_plain_attention_when_short
+from modules.training_attention import use_block_attention_in_budget
 
 
 def _lora(folder):
@@ -43,24 +44,24 @@ def _kept_bytes(model, rows: int, length: int) -> int:
 @pytest.fixture
 def sdpa_calls(monkeypatch):
     calls = []
-    original = short_attention.sdpa_attention_forward
+    original = training_attention.sdpa_attention_forward
 
     def counting(*args, **kwargs):
         calls.append(args[1].shape[2])  # the query length
         return original(*args, **kwargs)
-    monkeypatch.setattr(short_attention, "sdpa_attention_forward", counting)
+    monkeypatch.setattr(training_attention, "sdpa_attention_forward", counting)
     return calls
 
 
 @pytest.mark.parametrize("left_padded", [False, True])
-def test_short_batches_attend_plainly_with_sdpa_loss_and_gradients(tiny_model_dir, sdpa_calls, left_padded):
+def test_batches_in_budget_attend_in_blocks_with_sdpa_loss_and_gradients(tiny_model_dir, sdpa_calls, left_padded):
     reference, switched = _lora(tiny_model_dir), _lora(tiny_model_dir)
-    assert use_plain_attention_when_short(switched, "cpu", None)
+    assert use_block_attention_in_budget(switched, "cpu", None)
     batch = _batch([9, 14, 6], left_padded)
     expected_loss, expected_grads = kept_loss_and_grads(reference, batch)
     sdpa_calls.clear()
     loss, grads = kept_loss_and_grads(switched, batch)
-    assert sdpa_calls == []  # every layer took the plain path
+    assert sdpa_calls == []  # every layer took the block path
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
     assert grads.keys() == expected_grads.keys() and grads
     for name, grad in expected_grads.items():
@@ -69,9 +70,9 @@ def test_short_batches_attend_plainly_with_sdpa_loss_and_gradients(tiny_model_di
 
 def test_long_batches_and_answering_use_sdpa(tiny_model_dir, sdpa_calls, monkeypatch):
     model = _lora(tiny_model_dir)
-    use_plain_attention_when_short(model, "cpu", None)
+    use_block_attention_in_budget(model, "cpu", None)
     layers = model.config.num_hidden_layers
-    monkeypatch.setattr(short_attention, "KEPT_WEIGHTS_BYTES", _kept_bytes(model, rows=3, length=10))
+    monkeypatch.setattr(training_attention, "KEPT_WEIGHTS_BYTES", _kept_bytes(model, rows=3, length=10))
     kept_loss_and_grads(model, _batch([9, 10, 6]))
     assert sdpa_calls == []
     kept_loss_and_grads(model, _batch([9, 11, 6]))  # 11 tokens: over the budget
@@ -82,17 +83,17 @@ def test_long_batches_and_answering_use_sdpa(tiny_model_dir, sdpa_calls, monkeyp
     assert sdpa_calls == [5] * layers
 
 
-def test_only_cpu_runs_of_plain_attention_families_that_left_the_choice_switch(tiny_model_dir):
-    assert not use_plain_attention_when_short(_lora(tiny_model_dir), "cuda", None)
-    assert not use_plain_attention_when_short(_lora(tiny_model_dir), "cpu", "sdpa")  # the user chose
+def test_only_cpu_runs_of_block_attention_families_that_left_the_choice_switch(tiny_model_dir):
+    assert not use_block_attention_in_budget(_lora(tiny_model_dir), "cuda", None)
+    assert not use_block_attention_in_budget(_lora(tiny_model_dir), "cpu", "sdpa")  # the user chose
     eager = load_causal_lm(str(tiny_model_dir), attn_implementation="eager")
-    assert not use_plain_attention_when_short(eager, "cpu", None)
+    assert not use_block_attention_in_budget(eager, "cpu", None)
     assert eager.config._attn_implementation == "eager"
     windowed = type("Model", (), {"config": MistralConfig(sliding_window=8, attn_implementation="sdpa")})()
-    assert not use_plain_attention_when_short(windowed, "cpu", None)
+    assert not use_block_attention_in_budget(windowed, "cpu", None)
     other_family = type("Model", (), {"config": type("Config", (), {"_attn_implementation": "sdpa",
                                                                        "model_type": "gemma2"})()})()
-    assert not use_plain_attention_when_short(other_family, "cpu", None)
+    assert not use_block_attention_in_budget(other_family, "cpu", None)
 
 
 def test_compiled_layers_attend_in_blocks_with_sdpa_loss_and_one_graph(tiny_model_dir, sdpa_calls):
@@ -101,7 +102,7 @@ def test_compiled_layers_attend_in_blocks_with_sdpa_loss_and_one_graph(tiny_mode
     from modules.compiling import compile_repeated_blocks
 
     reference, compiled = _lora(tiny_model_dir), _lora(tiny_model_dir)
-    assert use_plain_attention_when_short(compiled, "cpu", None)
+    assert use_block_attention_in_budget(compiled, "cpu", None)
     compile_repeated_blocks(compiled)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

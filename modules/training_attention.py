@@ -26,12 +26,12 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from modules.block_attention import BlockCausalAttention, compute_dtype, kept_weight_entries
 
-NAME = "sdpa_short_plain"
+NAME = "blocks_or_sdpa"
 KEPT_WEIGHTS_BYTES = 512 * 2 ** 20  # attention weights kept for backward by all layers together
-PLAIN_ATTENTION_FAMILIES = {"llama", "qwen2", "qwen3", "mistral"}
+BLOCK_ATTENTION_FAMILIES = {"llama", "qwen2", "qwen3", "mistral"}
 
 
-def sdpa_or_plain_when_short(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+def blocks_in_budget_else_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              attention_mask: torch.Tensor | None, scaling: float | None = None,
                              dropout: float = 0.0, **kwargs):
     """transformers' attention-function signature; SDPA's boolean mask or None (causal)."""
@@ -47,16 +47,16 @@ def sdpa_or_plain_when_short(module: nn.Module, query: torch.Tensor, key: torch.
     return output.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(NAME, sdpa_or_plain_when_short)
+AttentionInterface.register(NAME, blocks_in_budget_else_sdpa)
 AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def use_plain_attention_when_short(model: nn.Module, device_type: str, user_choice: str | None) -> bool:
+def use_block_attention_in_budget(model: nn.Module, device_type: str, user_choice: str | None) -> bool:
     """Switches ``model`` (a transformers causal LM, maybe PEFT-wrapped) to this attention where it
     applies (see the module docstring); returns whether it did."""
     config = model.config
     if (device_type != "cpu" or user_choice is not None or config._attn_implementation != "sdpa"
-            or getattr(config, "model_type", None) not in PLAIN_ATTENTION_FAMILIES
+            or getattr(config, "model_type", None) not in BLOCK_ATTENTION_FAMILIES
             or getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)):
         return False
     config._attn_implementation = NAME
