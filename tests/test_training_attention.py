@@ -115,3 +115,25 @@ def test_compiled_layers_attend_in_blocks_with_sdpa_loss_and_one_graph(tiny_mode
             torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
     assert sdpa_calls == []
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_compiled_layers_under_bf16_autocast_follow_eager_over_lengths(tiny_model_dir, sdpa_calls):
+    """As a bf16-mixed fit runs them (RoPE's float32 query and key, bf16 value): the compiled graph
+    serves later batches of other lengths (inductor once fixed a saved query slice's stride to the
+    first batch's length, and the second batch crashed) with the eager blocks' loss and gradients."""
+    from modules.compiling import compile_repeated_blocks
+
+    eager, compiled = _lora(tiny_model_dir), _lora(tiny_model_dir)
+    for model in (eager, compiled):
+        assert use_block_attention_in_budget(model, "cpu", None)
+    compile_repeated_blocks(compiled)
+    torch._dynamo.reset()
+    for lengths in ([9, 14, 6], [21, 5, 17], [12, 12, 3]):
+        batch = _batch(lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected_loss, expected_grads = kept_loss_and_grads(eager, batch)
+            loss, grads = kept_loss_and_grads(compiled, batch)
+        torch.testing.assert_close(loss, expected_loss, rtol=2e-2, atol=1e-3)
+        for name, grad in expected_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=5e-2, atol=2e-3, msg=name)
+    assert sdpa_calls == []
