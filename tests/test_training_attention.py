@@ -35,6 +35,15 @@ def _batch(lengths: list[int], left_padded: bool = False) -> dict:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def _assert_follows(model, reference, batch: dict, loss_tolerance: tuple, grad_tolerance: tuple) -> None:
+    """``model`` gives ``reference``'s loss and gradients on ``batch`` within (rtol, atol)."""
+    expected_loss, expected_grads = kept_loss_and_grads(reference, batch)
+    loss, grads = kept_loss_and_grads(model, batch)
+    torch.testing.assert_close(loss, expected_loss, rtol=loss_tolerance[0], atol=loss_tolerance[1])
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=grad_tolerance[0], atol=grad_tolerance[1], msg=name)
+
+
 def _kept_bytes(model, rows: int, length: int) -> int:
     """What the block attention keeps for backward, all layers, float32: the budget a batch may use."""
     config = model.config
@@ -107,12 +116,7 @@ def test_compiled_layers_attend_in_blocks_with_sdpa_loss_and_one_graph(tiny_mode
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     for lengths in ([9, 14, 6], [11, 5, 17]):
-        batch = _batch(lengths)
-        expected_loss, expected_grads = kept_loss_and_grads(reference, batch)
-        loss, grads = kept_loss_and_grads(compiled, batch)
-        torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
-        for name, grad in expected_grads.items():
-            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+        _assert_follows(compiled, reference, _batch(lengths), loss_tolerance=(1e-5, 1e-6), grad_tolerance=(1e-4, 1e-5))
     assert sdpa_calls == []
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
@@ -129,11 +133,6 @@ def test_compiled_layers_under_bf16_autocast_follow_eager_over_lengths(tiny_mode
     compile_repeated_blocks(compiled)
     torch._dynamo.reset()
     for lengths in ([9, 14, 6], [21, 5, 17], [12, 12, 3]):
-        batch = _batch(lengths)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            expected_loss, expected_grads = kept_loss_and_grads(eager, batch)
-            loss, grads = kept_loss_and_grads(compiled, batch)
-        torch.testing.assert_close(loss, expected_loss, rtol=2e-2, atol=1e-3)
-        for name, grad in expected_grads.items():
-            torch.testing.assert_close(grads[name], grad, rtol=5e-2, atol=2e-3, msg=name)
+            _assert_follows(compiled, eager, _batch(lengths), loss_tolerance=(2e-2, 1e-3), grad_tolerance=(5e-2, 2e-3))
     assert sdpa_calls == []
