@@ -19,8 +19,10 @@ demo: venv
 	$(BIN)/sft fetch-model smollm2-135m-instruct
 	$(BIN)/sft demo --config configs/demo.yaml --references data/bundled/test.jsonl
 
+# The suite, then its numerical tests once more on AVX2 kernels where this CPU has more (tests/other_cpu.py).
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m tests.other_cpu
 
 clean:
 	rm -rf $(VENV) runs

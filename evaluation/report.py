@@ -55,21 +55,43 @@ def training_run_of(run_dir: Path) -> Path | None:
     return run_dir
 
 
+# Shares of questions answered right: shown with their counts, since on 10 questions a type
+# 0.100 -> 0.000 is one question (1/10 -> 0/10), which a rate alone hides.
+QUESTION_SHARES = ("accuracy", "exact_match", "think_closed")
+
+
 def metric_rows(base: Side, tuned: Side) -> list[list[str]]:
     """[type, metric, base, tuned, change] for every metric either side has."""
     rows = []
     types = [t for t in list(TYPE_ORDER) + ["overall"] if t in base.metrics or t in tuned.metrics]
     for record_type in types:
-        names = sorted(set(base.metrics.get(record_type, {})) | set(tuned.metrics.get(record_type, {})))
-        for name in names:
-            before, after = base.metrics.get(record_type, {}).get(name), tuned.metrics.get(record_type, {}).get(name)
+        before_metrics, after_metrics = base.metrics.get(record_type, {}), tuned.metrics.get(record_type, {})
+        for name in sorted(set(before_metrics) | set(after_metrics)):
+            before, after = before_metrics.get(name), after_metrics.get(name)
             if isinstance(before, (int, float)) or isinstance(after, (int, float)):
-                rows.append([record_type, name, _number(before), _number(after), _change(before, after)])
+                rows.append([record_type, name, _number(before, name, before_metrics),
+                             _number(after, name, after_metrics), _change(before, after)])
     return rows
 
 
-def _number(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
+def _number(value, name: str = "", type_metrics: dict | None = None) -> str:
+    """A rate with what it counts where that is known: ``0.100 (1/10)``, ``pass@1 0.133 (4/30 samples)``.
+
+    >>> _number(0.1, "accuracy", {"count": 10}), _number(0.4 / 3, "pass@1", {"passed": 4, "samples": 30})
+    ('0.100 (1/10)', '0.133 (4/30 samples)')
+    >>> _number(0.25, "rougeL", {"count": 10}), _number(None), _number(7, "count")
+    ('0.250', '', '7')
+    """
+    if value is None:
+        return ""
+    if not isinstance(value, float):
+        return str(value)
+    type_metrics = type_metrics or {}
+    if name in QUESTION_SHARES and type_metrics.get("count"):
+        return f"{value:.3f} ({round(value * type_metrics['count'])}/{type_metrics['count']})"
+    if name == "pass@1" and type_metrics.get("samples"):
+        return f"{value:.3f} ({type_metrics['passed']}/{type_metrics['samples']} samples)"
+    return f"{value:.3f}"
 
 
 def _change(before, after) -> str:

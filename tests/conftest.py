@@ -29,3 +29,8 @@ def _token_cache_per_test(tmp_path_factory, monkeypatch):
 def _deterministic():
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+def pytest_report_header(config):
+    """Which CPU kernels ran: tolerances are checked only on those (tests/other_cpu.py)."""
+    return f"cpu kernels: {torch.backends.cpu.get_cpu_capability()} (torch {torch.__version__})"

@@ -96,7 +96,7 @@ def test_a_fit_resumed_mid_epoch_ends_with_the_weights_of_an_uninterrupted_fit(r
     resumed = load_checkpoint(tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == straight["global_step"] == 4
     assert straight["state_dict"].keys() == resumed["state_dict"].keys()
-    for name, weight in straight["state_dict"].items():
+    for name, weight in straight["state_dict"].items():  # the same kernels on the same batches in the same order
         torch.testing.assert_close(resumed["state_dict"][name], weight, rtol=1e-6, atol=1e-7, msg=name)
 
 
@@ -181,8 +181,9 @@ def test_report_compares_base_and_tuned_runs(run_config, tmp_path):
     markdown = (out / "report.md").read_text()
     base_metrics = json.loads((runs / "version_2" / "metrics.json").read_text())
     tuned_metrics = json.loads((runs / "version_1" / "metrics.json").read_text())
-    accuracy_row = (f"| choice | accuracy | {base_metrics['choice']['accuracy']:.3f} | "
-                    f"{tuned_metrics['choice']['accuracy']:.3f} |")
+    def right(metrics):  # 1 choice record: 0.000 (0/1) or 1.000 (1/1)
+        return f"{metrics['choice']['accuracy']:.3f} ({round(metrics['choice']['accuracy'])}/1)"
+    accuracy_row = f"| choice | accuracy | {right(base_metrics)} | {right(tuned_metrics)} |"
     assert accuracy_row in markdown
     for record in TYPED_RECORDS:
         assert f"| {record['type']} | {record['id']} |" in markdown  # an example row per type

@@ -249,6 +249,7 @@ def test_convert_gguf_writes_a_plain_folder_with_the_same_logits(tiny_gguf, tmp_
     assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
     assert reloaded.generation_config.eos_token_id == IM_END
     with torch.no_grad():  # same as the model the GGUF was written from: q/k row order undone right
+        # the same weights through the same kernels: equal but for the last bit
         torch.testing.assert_close(reloaded(CHAT_IDS).logits, source_model(CHAT_IDS).logits, rtol=0, atol=1e-6)
 
 
@@ -286,4 +287,5 @@ def test_preplaced_gguf_is_converted_once_then_served_from_cache(tiny_gguf, cach
 
     model = load_causal_lm(TINY_ALIAS)
     with torch.no_grad():
+        # the same weights through the same kernels: equal but for the last bit
         torch.testing.assert_close(model(CHAT_IDS).logits, source_model(CHAT_IDS).logits, rtol=0, atol=1e-6)

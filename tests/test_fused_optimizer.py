@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from modules.optim import parameter_groups, with_fused_step
+from tests.tolerances import assert_same_updates, reordering_bound
 
 
 def _model() -> torch.nn.Module:
@@ -19,9 +20,11 @@ def _step(optimizer, model) -> None:
     optimizer.zero_grad()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("optimizer_class", [torch.optim.AdamW, torch.optim.Adam])
 def test_the_fused_step_keeps_groups_and_gives_the_same_update(optimizer_class):
     plain_model, fused_model = _model(), _model()
+    initial = {name: weight.detach().clone() for name, weight in plain_model.named_parameters()}
     plain = optimizer_class(parameter_groups(plain_model.named_parameters(), None), lr=0.1, weight_decay=0.1)
     fused = with_fused_step(optimizer_class(parameter_groups(fused_model.named_parameters(), None), lr=0.1,
                                             weight_decay=0.1))
@@ -32,8 +35,10 @@ def test_the_fused_step_keeps_groups_and_gives_the_same_update(optimizer_class):
         _step(plain, plain_model)
         torch.manual_seed(1)
         _step(fused, fused_model)
-    for plain_weight, fused_weight in zip(plain_model.parameters(), fused_model.parameters()):
-        torch.testing.assert_close(fused_weight, plain_weight, rtol=1e-5, atol=1e-6)
+    # Adam is elementwise (~10 roundings an entry a step) and the gradients are the same kernels' on both
+    # sides until the weights part: 3 steps of that, on the updates (tests/tolerances.py, rule 3)
+    assert_same_updates(dict(fused_model.named_parameters()), dict(plain_model.named_parameters()), initial,
+                        3 * reordering_bound(torch.float32, terms=1, depth=10))
 
 
 @pytest.mark.parametrize("choice", [{"foreach": True}, {"foreach": False}, {"fused": False}])

@@ -16,6 +16,7 @@ from modules.merging import MergeVerificationError, export_model, float32_cpu_co
 from datamodules.chat_tokens import render_ids
 from modules.heads import MultiHead
 from tests.factories import QA_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl
+from tests.tolerances import assert_close_normwise, reordering_bound
 
 CONVERSATION = [{"role": "user", "content": "What is 4 plus 4?"}, {"role": "assistant", "content": "It is 8."}]
 
@@ -77,6 +78,7 @@ def test_lora_merge_loads_without_peft_and_gives_the_adapter_models_logits(lora_
     assert relative(adapter_logits, logits_of(base, module.tokenizer)) > 1e-2  # the adapter did change the model
 
 
+@pytest.mark.numerics
 def test_merged_weight_is_base_plus_scaled_lora_product(lora_run, tiny_model_dir):
     """W' = W + (alpha / r) B A, by hand, for one projection."""
     lora_layer = lora_run["module"].model.base_model.model.model.layers[0].self_attn.q_proj
@@ -84,7 +86,9 @@ def test_merged_weight_is_base_plus_scaled_lora_product(lora_run, tiny_model_dir
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     merged = AutoModelForCausalLM.from_pretrained(lora_run["merged_dir"], dtype=torch.float32)
     expected = base.model.layers[0].self_attn.q_proj.weight + update.detach()
-    torch.testing.assert_close(merged.model.layers[0].self_attn.q_proj.weight, expected)
+    # peft's merge sums the r=4 products in its own order (tests/tolerances.py, rule 2)
+    assert_close_normwise(merged.model.layers[0].self_attn.q_proj.weight, expected,
+                          reordering_bound(torch.float32, terms=4, depth=2))
 
 
 def test_the_best_checkpoint_not_the_last_weights_is_merged(lora_run):
@@ -186,14 +190,15 @@ def test_an_existing_folder_that_is_no_earlier_merge_is_not_replaced(tiny_model_
     assert (tmp_path / "merged" / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.numerics
 def test_dequantizing_merge_equals_the_plain_merge_on_an_unquantized_model(tiny_model_dir):
     """The QLoRA path's rebuild (config → plain model, weights, adapter state) loses nothing."""
     module = sft_module(tiny_model_dir, peft_config=LoraConfig(r=4, init_lora_weights=False))
     rebuilt = merge_dequantized(module.model).state_dict()
     plain = merge_float32(float32_cpu_copy(module.model)).state_dict()
     assert rebuilt.keys() == plain.keys()
-    for name in plain:
-        torch.testing.assert_close(rebuilt[name], plain[name], msg=name)
+    for name in plain:  # the same merge kernels on the same weights: equal but for float32 noise of one merge
+        assert_close_normwise(rebuilt[name], plain[name], reordering_bound(torch.float32, terms=4, depth=2), msg=name)
 
 
 @pytest.mark.gpu

@@ -24,6 +24,11 @@ from modules.heads.kept_logits import forward_keeping, kept_rows, next_token_lab
 from modules.heads.lm import letter_scored_rows, with_answer_positions
 from tests.factories import QA_RECORDS, TYPED_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl
 from tests.tiny import IM_END, byte_ids
+from tests.tolerances import FLOAT64_FIT, assert_close_normwise, assert_same_updates, reordering_bound
+
+# One forward/backward of the tiny model, packed rows against padded ones or examples alone: the same sums
+# in another order (tests/tolerances.py, rule 2).
+ONE_PASS = reordering_bound(torch.float32)
 
 CHOICES = [
     {"id": f"c{i}", "type": "choice", "prompt": f"{word} {i}?", "choices": dict(zip("ABCD", ["1", "2", "3", "4"][:n])),
@@ -78,6 +83,7 @@ def kept_logits(module, batch) -> torch.Tensor:
 
 
 # 1. A packed row trains as its examples one by one -----------------------------------------------
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", METHODS)
 def test_packed_batch_trains_exactly_as_its_examples_one_by_one(method, request, tmp_path):
     model_fixture, peft_config = METHODS[method]
@@ -90,19 +96,19 @@ def test_packed_batch_trains_exactly_as_its_examples_one_by_one(method, request,
 
     # Every trained position's logits, so every example's own loss, as when the example runs alone.
     alone_logits = [kept_logits(module, padded([example])) for example in examples]
-    torch.testing.assert_close(kept_logits(module, whole), torch.cat(alone_logits), rtol=1e-5, atol=1e-5)
+    assert_close_normwise(kept_logits(module, whole), torch.cat(alone_logits), ONE_PASS)
 
     # The step's loss and gradients: the sum of the examples' shares, and those of the padded batch.
     packed_loss, packed_grads = loss_and_grads(module, whole)
     alone = [loss_and_grads(module, padded([example], step_trained_tokens=step_tokens)) for example in examples]
     padded_loss, padded_grads = loss_and_grads(module, padded(examples))
-    torch.testing.assert_close(packed_loss, sum(loss for loss, _ in alone), rtol=1e-5, atol=0)
-    torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-5, atol=0)
+    assert_close_normwise(packed_loss, sum(loss for loss, _ in alone), ONE_PASS)
+    assert_close_normwise(packed_loss, padded_loss, ONE_PASS)
     assert packed_grads.keys() == padded_grads.keys() and packed_grads
     for name, grad in packed_grads.items():
         summed_alone = sum(grads[name] for _, grads in alone)
-        torch.testing.assert_close(grad, summed_alone, rtol=1e-4, atol=1e-6, msg=name)
-        torch.testing.assert_close(grad, padded_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        assert_close_normwise(grad, summed_alone, ONE_PASS, msg=name)
+        assert_close_normwise(grad, padded_grads[name], ONE_PASS, msg=name)
 
 
 def test_without_isolation_the_examples_would_see_each_other(tiny_model_dir, tmp_path):
@@ -147,6 +153,7 @@ def test_each_examples_first_token_is_no_target_even_when_trained():
 
 
 # 3. The choice head and letter scoring ----------------------------------------------------------
+@pytest.mark.numerics
 def test_choice_head_and_letter_scoring_are_the_same_packed_and_padded(tiny_model_dir, tmp_path):
     module = sft_module(tiny_model_dir, head=MultiHead(), peft_config=LoraConfig(r=4, init_lora_weights=False))
     examples = training_examples(tiny_model_dir, tmp_path, MIXED)
@@ -157,21 +164,21 @@ def test_choice_head_and_letter_scoring_are_the_same_packed_and_padded(tiny_mode
         training = {name: module.head.training_loss(module.model, batch) for name, batch in by_layout.items()}
         letter_logits = {name: letter_logits_at_answers(module, batch) for name, batch in by_layout.items()}
     assert parts["packed"].option_logits.shape == (len(CHOICES) + 1, 5)
-    torch.testing.assert_close(parts["packed"].option_logits, parts["padded"].option_logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(letter_logits["packed"], letter_logits["padded"], rtol=1e-5, atol=1e-5)
+    assert_close_normwise(parts["packed"].option_logits, parts["padded"].option_logits, ONE_PASS)
+    assert_close_normwise(letter_logits["packed"], letter_logits["padded"], ONE_PASS)
     assert evaluation["packed"].keys() == evaluation["padded"].keys() >= {"letter_accuracy", "choice_accuracy"}
     for name, value in evaluation["packed"].items():
         assert value.count == evaluation["padded"][name].count, name
-        torch.testing.assert_close(value.value, evaluation["padded"][name].value, rtol=1e-5, atol=1e-6, msg=name)
+        assert_close_normwise(value.value, evaluation["padded"][name].value, ONE_PASS, msg=name)
     for name, value in training["packed"].items():
-        torch.testing.assert_close(value, training["padded"][name], rtol=1e-5, atol=1e-6, msg=name)
+        assert_close_normwise(value, training["padded"][name], ONE_PASS, msg=name)
     lm_head = LMHead()
     lm_head.setup(module.model, module.tokenizer)
     with torch.no_grad():
         lm_evaluation = {name: lm_head.evaluation(module.model, batch) for name, batch in by_layout.items()}
     for name in ("loss", "letter_accuracy"):
-        torch.testing.assert_close(lm_evaluation["packed"][name].value, lm_evaluation["padded"][name].value,
-                                   rtol=1e-5, atol=1e-6)
+        assert_close_normwise(lm_evaluation["packed"][name].value, lm_evaluation["padded"][name].value, ONE_PASS,
+                              msg=name)
 
 
 def letter_logits_at_answers(module, batch) -> torch.Tensor:
@@ -241,27 +248,38 @@ class StepLosses(Callback):
         self.val_losses.append(float(trainer.callback_metrics["val/loss"]))
 
 
-def fit_losses(model_dir, tmp_path, **data_options) -> tuple[StepLosses, dict]:
+def fit_losses(model_dir, tmp_path, precision="32-true", **data_options) -> tuple[StepLosses, dict]:
     train_path = write_jsonl(tmp_path / "train.jsonl", QA_RECORDS)
     val_path = write_jsonl(tmp_path / "val.jsonl", QA_RECORDS[:5])
     module = sft_module(model_dir, optimizer=partial(torch.optim.SGD, lr=0.5), lr_schedule="constant")
     losses = StepLosses()
-    trainer = quiet_trainer(max_epochs=2, accumulate_grad_batches=2, callbacks=[losses], check_val_every_n_epoch=1)
+    trainer = quiet_trainer(max_epochs=2, accumulate_grad_batches=2, callbacks=[losses], check_val_every_n_epoch=1,
+                            precision=precision)
     torch.manual_seed(7)  # the batch sampler's seed
     trainer.fit(module, qa_datamodule(model_dir, train_path, batch_size=2, val_path=val_path, eval_batch_size=3,
                                       **data_options))
     return losses, {name: p.detach().clone() for name, p in module.model.named_parameters()}
 
 
-def test_fit_with_padding_free_gives_the_same_step_losses_as_padded(tiny_model_dir, tmp_path):
-    padded_run, padded_weights = fit_losses(tiny_model_dir, tmp_path)
-    packed_run, packed_weights = fit_losses(tiny_model_dir, tmp_path, padding_free=True)
+@pytest.mark.numerics
+@pytest.mark.parametrize("precision", ["64-true", "32-true"])
+def test_fit_with_padding_free_gives_the_same_step_losses_as_padded(tiny_model_dir, tmp_path, precision):
+    padded_run, padded_weights = fit_losses(tiny_model_dir, tmp_path, precision)
+    packed_run, packed_weights = fit_losses(tiny_model_dir, tmp_path, precision, padding_free=True)
     assert len(packed_run.losses) == len(padded_run.losses) == 4  # 2 epochs of 4 micro-batches, 2 a step
-    torch.testing.assert_close(packed_run.losses, padded_run.losses, rtol=1e-5, atol=0)
-    torch.testing.assert_close(packed_run.val_losses, padded_run.val_losses, rtol=1e-5, atol=0)
     assert padded_run.losses[0] != padded_run.losses[-1]  # it trained
-    for name, weight in packed_weights.items():
-        torch.testing.assert_close(weight, padded_weights[name], rtol=1e-4, atol=1e-6, msg=name)
+    if precision == "64-true":  # float64 reordering over 4 steps: ~1e-15; a layout bug: 1e-4 or more (rule 1)
+        torch.testing.assert_close(packed_run.losses, padded_run.losses, **FLOAT64_FIT)
+        torch.testing.assert_close(packed_run.val_losses, padded_run.val_losses, **FLOAT64_FIT)
+        for name, weight in packed_weights.items():
+            torch.testing.assert_close(weight, padded_weights[name], **FLOAT64_FIT, msg=name)
+        return
+    # float32: each of the 4 steps adds one forward/backward's reordering (rule 3); on the updates, norm-wise
+    four_steps = 4 * ONE_PASS
+    assert_close_normwise(torch.tensor(packed_run.losses), torch.tensor(padded_run.losses), four_steps)
+    assert_close_normwise(torch.tensor(packed_run.val_losses), torch.tensor(padded_run.val_losses), four_steps)
+    initial = {name: p.detach() for name, p in sft_module(tiny_model_dir).model.named_parameters()}
+    assert_same_updates(packed_weights, padded_weights, initial, four_steps)
 
 
 def qa_datamodule_examples(model_dir, tmp_path):

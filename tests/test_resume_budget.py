@@ -60,7 +60,7 @@ def assert_same_training(resumed: dict, straight: dict, steps: int = 4) -> None:
     adam_steps = {int(state["step"]) for state in resumed["optimizer_states"][0]["state"].values()}
     assert adam_steps == {steps}  # the optimizer went on from the restored step count
     assert resumed["state_dict"].keys() == straight["state_dict"].keys()
-    for name, weight in straight["state_dict"].items():
+    for name, weight in straight["state_dict"].items():  # the same kernels on the same batches in the same order
         torch.testing.assert_close(resumed["state_dict"][name], weight, rtol=1e-6, atol=1e-7, msg=name)
 
 

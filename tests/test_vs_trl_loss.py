@@ -11,6 +11,7 @@ from datamodules.chat_tokens import tokenize_conversation
 from datamodules.normalize import ConversationSpec, read_records
 from modules.loading import load_causal_lm
 from tests.factories import TYPED_RECORDS, write_jsonl
+from tests.tolerances import reordering_bound
 
 
 def test_loss_on_records_weights_every_trained_token_alike(tiny_model_dir, tokenizer, tmp_path):
@@ -25,8 +26,9 @@ def test_loss_on_records_weights_every_trained_token_alike(tiny_model_dir, token
                 if label != -100:
                     losses.append(float(torch.nn.functional.cross_entropy(logits[position], torch.tensor(label))))
     assert len(losses) > 2 * len(TYPED_RECORDS)  # records of different lengths: a per-record mean would differ
+    # the same logits, summed in another order: one pass's reordering (tests/tolerances.py, rule 2)
     assert loss_on_records(model, tokenizer, path, bf16=False, max_length=512) == pytest.approx(
-        sum(losses) / len(losses), rel=1e-5)
+        sum(losses) / len(losses), rel=reordering_bound(torch.float32))
 
 
 def test_the_table_shows_each_sides_median_run_and_every_runs_speed():
