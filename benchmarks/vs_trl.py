@@ -167,6 +167,24 @@ def median_run(runs: list[dict]) -> dict:
     return {**ordered[(len(ordered) - 1) // 2], "all_tokens_per_second": [tokens_per_second(run) for run in runs]}
 
 
+BATCH_OPTIONS = ("--data.group_by_length", "--data.length_group_steps", "--data.padding_free",
+                 "--data.max_tokens_per_batch")
+
+
+def batching(ours_args: list[str]) -> str:
+    """What each side's optimizer steps see: speed is compared at equal quality only if the steps
+    hold the same examples (benchmarks/quality_vs_trl.py).
+
+    >>> batching([])
+    'batching: TRL random micro-batches (its default); ours the same steps, split by length (the default)'
+    >>> batching(["--data.length_group_steps=25"])
+    'batching: TRL random micro-batches (its default); ours --data.length_group_steps=25'
+    """
+    changed = any(arg.split("=")[0] in BATCH_OPTIONS for arg in ours_args)
+    ours = " ".join(ours_args) if changed else "the same steps, split by length (the default)"
+    return f"batching: TRL random micro-batches (its default); ours {ours}"
+
+
 def table(results: list[dict], args) -> str:
     trl, ours = results
     rows = ["| side | precision | real tokens/s | peak RSS (MiB) | loss on the records after training |",
@@ -178,7 +196,7 @@ def table(results: list[dict], args) -> str:
     speed_ratio = tokens_per_second(ours) / tokens_per_second(trl)
     rows.append(f"| ours / TRL | | {speed_ratio:.2f}x | {ours['peak_mib'] / trl['peak_mib']:.2f}x | |")
     settings = (f"{args.method}, {args.records} bundled records, micro-batch {args.batch} x {args.accumulate}, "
-                f"max_length {args.max_length}, lr {args.lr}, model {args.model}")
+                f"max_length {args.max_length}, lr {args.lr}, model {args.model}; {batching(args.ours_args)}")
     runs = [f"{result['side']}: " + ", ".join(f"{speed:.1f}" for speed in result["all_tokens_per_second"])
             for result in results if len(result.get("all_tokens_per_second", [])) > 1]
     notes = ["", f"Median of {args.repeats} alternating runs per side; tokens/s of each run: " + "; ".join(runs)] \

@@ -4,11 +4,16 @@ Each epoch's batches come from a generator seeded by (seed, epoch), not from the
 state (which dropout and sampling move), so a run resumed from a mid-epoch checkpoint redraws the
 interrupted epoch's exact order and skips the batches it already trained on.
 
-Length-grouped batches put similar lengths together, so little compute goes to padding. Within
-each window of ``batch_size * window_batches`` shuffled examples, examples are sorted by length
-and cut into batches; the batches are then shuffled, so the epoch does not run from the longest
-examples to the shortest (transformers' LengthGroupedSampler puts the longest first and keeps the
-rest in length order, which with one window means one question type after another).
+Length-grouped batches put similar lengths together, so less compute goes to padding. The epoch's
+shuffled order is cut into windows of ``window_batches`` batches, each window's examples are sorted
+by length and cut into batches, and the window's batches are shuffled among themselves. With a
+window of one optimizer step (``batch_size x accumulate x ranks`` examples, the data module's
+default) every optimizer step trains on the examples that plain shuffled batches put in it, only
+split into micro-batches by length: the loss is normalised over the step's trained tokens, so the
+step's gradient, and the model, are those of plain shuffling (tests/test_quality_defaults.py), and
+about a fifth of the padding goes away on the bundled data. Wider windows remove more padding but
+make each step see one kind of example (the short choice questions together, the long code answers
+together): 25 steps' windows cost 6% held-out loss on a 12-step run (benchmarks/RESULTS.md).
 """
 
 import math
@@ -62,19 +67,34 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 class LengthGroupedBatchSampler(EpochBatchSampler):
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, window_batches: int = 50,
+    """Plain shuffling's order, sorted by length within windows of ``window_batches`` batches.
+
+    >>> list(EpochBatchSampler(8, batch_size=2, seed=0))
+    [[4, 0], [7, 3], [2, 5], [1, 6]]
+    >>> list(LengthGroupedBatchSampler([5, 1, 9, 3, 7, 2, 8, 4], batch_size=2, seed=0, window_batches=2))
+    [[7, 3], [4, 0], [5, 1], [2, 6]]
+
+    The second window (2 batches) holds examples 2, 5, 1, 6 either way; grouped, the long ones
+    (lengths 9 and 8) share a batch and the short ones (2 and 1) the other.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window_batches: int = 1,
                  num_replicas: int = 1, rank: int = 0):
         super().__init__(len(lengths), batch_size, seed, num_replicas, rank)
         self.lengths = list(lengths)
-        self.window = batch_size * window_batches
+        self.window_batches = window_batches
 
     def epoch_batches(self, generator: torch.Generator) -> list[list[int]]:
+        # the same permutation as EpochBatchSampler's for the same seed and epoch, so the windows hold
+        # the examples that plain shuffling puts in the same optimizer steps
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        window_size = self.batch_size * self.window_batches
         batches = []
-        for start in range(0, len(order), self.window):
-            window = sorted(order[start : start + self.window], key=lambda i: self.lengths[i], reverse=True)
-            batches += [window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)]
-        return [batches[position] for position in torch.randperm(len(batches), generator=generator).tolist()]
+        for start in range(0, len(order), window_size):
+            window = sorted(order[start : start + window_size], key=lambda i: self.lengths[i], reverse=True)
+            window_batches = [window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)]
+            batches += [window_batches[i] for i in torch.randperm(len(window_batches), generator=generator).tolist()]
+        return batches
 
 
 def resume_position(epoch: int, global_step: int, batches_per_epoch: int, accumulate: int) -> tuple[int, int]:

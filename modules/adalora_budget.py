@@ -24,7 +24,6 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from peft import PeftConfig
 
-from modules.optim import warmup_steps
 
 CHECKPOINT_KEY = "adalora_budget"
 
@@ -73,6 +72,16 @@ def adalora_config(model) -> peft.AdaLoraConfig | None:
     return config if isinstance(config, peft.AdaLoraConfig) else None
 
 
+def phase_steps(share: float, total: int) -> int:
+    """A fraction of all optimizer steps if below 1 (rounded down, so a short run keeps steps for
+    pruning between the two phases), else a step count.
+
+    >>> phase_steps(0.1, 20), phase_steps(0.2, 1), phase_steps(3, 20)
+    (2, 0, 3)
+    """
+    return int(share * total) if 0 < share < 1 else int(share)
+
+
 def set_adalora_total_step(model, configured: PeftConfig | None, trainer_steps: int) -> str | None:
     """Put AdaLoRA's schedule in steps of this run: ``total_step`` from the trainer where the config
     left it out, ``tinit``/``tfinal`` fractions turned into step counts.
@@ -84,8 +93,7 @@ def set_adalora_total_step(model, configured: PeftConfig | None, trainer_steps: 
     if live is None:
         return None
     total = configured.total_step or trainer_steps
-    # warmup_steps: "a fraction of all optimizer steps if below 1, else a step count", as model.warmup.
-    live.tinit, live.tfinal = warmup_steps(configured.tinit, total), warmup_steps(configured.tfinal, total)
+    live.tinit, live.tfinal = phase_steps(configured.tinit, total), phase_steps(configured.tfinal, total)
     if live.tinit >= total - live.tfinal:
         raise ValueError(
             f"AdaLoRA's schedule does not fit this run: tinit ({live.tinit} steps) and tfinal ({live.tfinal} steps) "

@@ -1,6 +1,7 @@
 """Optimizer parameter groups and learning-rate schedules."""
 
 import inspect
+import math
 from typing import Literal, get_args
 
 import torch
@@ -46,8 +47,13 @@ def parameter_groups(named_parameters, head_lr: float | None = None, one_dimensi
 
 
 def warmup_steps(warmup: float, total_steps: int) -> int:
-    """``warmup`` below 1 is a fraction of all optimizer steps, otherwise a step count."""
-    return int(warmup * total_steps) if 0 < warmup < 1 else int(warmup)
+    """``warmup`` below 1 is a fraction of all optimizer steps, rounded up as transformers'
+    ``TrainingArguments.get_warmup_steps`` does (so a run matches TRL's schedule), else a step count.
+
+    >>> warmup_steps(0.1, 12), warmup_steps(0.1, 50), warmup_steps(3, 12), warmup_steps(0.0, 12)
+    (2, 5, 3, 0)
+    """
+    return math.ceil(warmup * total_steps) if 0 < warmup < 1 else int(warmup)
 
 
 def schedule(optimizer, name: str, warmup: float, total_steps: int):
