@@ -32,8 +32,16 @@ def _run(args: list[str]) -> StepResult:
     return result
 
 
+def check_answering_files(config: str, references: str, extra: list[str]) -> None:
+    """The files of the test and predict steps, read and checked before the fit starts: a mistake in
+    them stops the demo at once (one located error), not after minutes of training."""
+    cli = SFTCLI(args=["--config", config, "--data.test_path", references, *extra], run=False)
+    cli.datamodule.check_files(("test", "predict"))
+
+
 def run_demo(config: str, references: str, extra: list[str]) -> dict[str, Path]:
     """Returns where the checkpoint, the runs, the answers and the report are."""
+    check_answering_files(config, references, extra)
     fit = _run(["fit", "--config", config, *extra])
     checkpoint, fit_dir = fit.checkpoint, fit.run_dir
     tuned = _run(["test", "--config", config, "--ckpt_path", checkpoint, "--data.test_path", references, *extra])

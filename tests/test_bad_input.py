@@ -109,22 +109,50 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
         console_main()
 
 
-def test_a_bad_test_file_stops_a_fit_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    """Every configured split is read first: a mistake in the test file does not wait for training to end."""
+def sft_errors(argv: list[str], monkeypatch, capsys) -> list[str]:
+    """The ``error:`` lines of ``sft ARGV``, which must stop with exit code 2 before any model loads."""
     import modules.sft_module
 
     monkeypatch.setattr(modules.sft_module, "load_causal_lm", lambda *a, **k: pytest.fail("the model loaded"))
-    train = tmp_path / "train.jsonl"
-    train.write_bytes(jsonl(QA))
-    test = tmp_path / "test.jsonl"
-    test.write_bytes(jsonl(QA, {"question": "q", "answer": ["ok", 2]}))
-    monkeypatch.setattr(sys, "argv", ["sft", "fit", "--model.model_name_or_path", str(tiny_model_dir),
-                                      "--data.format", "qa", "--data.train_path", str(train),
-                                      "--data.test_path", str(test), "--trainer.logger", "false",
-                                      "--trainer.accelerator", "cpu"])
+    monkeypatch.setattr(sys, "argv", ["sft", *argv])
     with pytest.raises(SystemExit) as stopped:
         console_main()
     assert stopped.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: {test}, line 2: missing or invalid field 'answer': expected a non-empty string or a "
-                      "list of acceptable strings"]
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+
+
+BAD_ANSWER = ("line 2: missing or invalid field 'answer': expected a non-empty string or a list of acceptable "
+              "strings")
+
+
+def test_a_bad_test_file_stops_sft_test_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    test = tmp_path / "test.jsonl"
+    test.write_bytes(jsonl(QA, {"question": "q", "answer": ["ok", 2]}))
+    errors = sft_errors(["test", "--model.model_name_or_path", str(tiny_model_dir), "--data.format", "qa",
+                         "--data.test_path", str(test), "--trainer.logger", "false", "--trainer.accelerator", "cpu"],
+                        monkeypatch, capsys)
+    assert errors == [f"error: {test}, {BAD_ANSWER}"]
+
+
+def test_a_fit_reads_only_its_own_files(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """A config's test and predict files (another format) are not read by fit: its own bad file stops it."""
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_bytes(jsonl(QA, {"question": "q", "answer": ["ok", 2]}))
+    test.write_bytes(jsonl(CHOICE))  # typed: not a QA record, and not fit's file
+    errors = sft_errors(["fit", "--model.model_name_or_path", str(tiny_model_dir), "--data.format", "qa",
+                         "--data.train_path", str(train), "--data.test_path", str(test),
+                         "--data.predict_path", str(test), "--trainer.logger", "false", "--trainer.accelerator", "cpu"],
+                        monkeypatch, capsys)
+    assert errors == [f"error: {train}, {BAD_ANSWER}"]
+
+
+def test_the_demo_checks_its_test_file_before_it_trains(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    train, references = tmp_path / "train.jsonl", tmp_path / "references.jsonl"
+    train.write_bytes(jsonl(QA))
+    references.write_bytes(jsonl(QA, {"question": "q", "answer": ["ok", 2]}))
+    errors = sft_errors(["demo", "--model.model_name_or_path", str(tiny_model_dir), "--data.format", "qa",
+                         "--data.train_path", str(train), "--references", str(references), "--data.predict_path",
+                         str(train), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+                         "--trainer.accelerator", "cpu"], monkeypatch, capsys)
+    assert errors == [f"error: {references}, {BAD_ANSWER}"]
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
