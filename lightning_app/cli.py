@@ -1,5 +1,7 @@
 """The LightningCLI of lightning-sft: ``sft fit | validate | test | predict`` from YAML."""
 
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -19,6 +21,7 @@ from callbacks.run_summary import RunSummary
 from callbacks.throughput import SFTThroughputMonitor
 from callbacks.validation_answers import ValidationAnswers
 from datamodules.sft_datamodule import SFTDataModule
+from lightning_app import quiet
 from lightning_app.run_dirs import newest_last_checkpoint, version_of_checkpoint
 from modules.precision import choose_precision, precision_warning, probe, probe_kind
 from modules.resume import nothing_left_to_train
@@ -51,6 +54,7 @@ ALWAYS_ON_CALLBACKS = {
 
 class SFTCLI(LightningCLI):
     def __init__(self, *args, **kwargs):
+        quiet.install()
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(SFTModule, SFTDataModule, *args, **kwargs)
@@ -65,7 +69,8 @@ class SFTCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True})
 
     def parse_arguments(self, parser, args) -> None:
-        super().parse_arguments(parser, args)
+        with _only(args):
+            super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
             self._resolve_last_checkpoint(self.config[subcommand], resume=(subcommand == "fit"))
@@ -84,6 +89,17 @@ class SFTCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # None: run=False
         self._set_precision_for_the_machine(config.trainer)
+        if self.subcommand == "fit":
+            self._monitor_only_what_is_validated(config)
+
+    @staticmethod
+    def _monitor_only_what_is_validated(config) -> None:
+        """Without a validation file nothing logs ``val/*``: the checkpoints then keep the newest,
+        rather than warn at every save that the monitored metric is missing."""
+        monitor = config.checkpoint.monitor
+        if not config.data.val_path and monitor and monitor.startswith("val/"):
+            config.checkpoint.monitor = None
+            rank_zero_only(print)(f"no validation file (data.val_path): checkpoints keep the newest, not the best by {monitor}")
 
     @staticmethod
     def _set_precision_for_the_machine(trainer_config) -> None:
@@ -112,3 +128,17 @@ class SFTCLI(LightningCLI):
         say = rank_zero_only(print)
         say(f"checkpoints: {self.trainer.checkpoint_callback.dirpath}")
         say(f"TensorBoard logs: {log_dir}  (view: tensorboard --logdir {Path(log_dir).parent})")
+
+
+@contextmanager
+def _only(args):
+    """Explicit ``args`` (``sft demo``'s steps, tests) are the whole command: the process's own
+    arguments are hidden from LightningCLI, which would otherwise warn that both were given."""
+    if args is None:
+        yield
+        return
+    process_args, sys.argv[1:] = sys.argv[1:], []
+    try:
+        yield
+    finally:
+        sys.argv[1:] = process_args
