@@ -61,8 +61,8 @@ def apply_chat_template_option(tokenizer, chat_template: str | None) -> list[int
     """Sets ``chat_template`` (``chatml`` or a Jinja file's path) on ``tokenizer``; returns the ids
     of the tokens it had to add (ChatML's two, where the vocabulary lacks them).
 
-    >>> apply_chat_template_option(base_tokenizer, "chatml")   # a byte-level base vocabulary of 256
-    [256, 257]
+    >>> apply_chat_template_option(base_tokenizer, "chatml")   # bytes 0-255, <|endoftext|> 256
+    [257, 258]
     """
     if chat_template is None:
         return []

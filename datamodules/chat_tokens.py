@@ -18,7 +18,11 @@ prefix as a prefix of the whole.
 
 >>> example = tokenize_conversation(tokenizer, [{"role": "user", "content": "hi"},
 ...                                             {"role": "assistant", "content": "hello"}])
->>> example["labels"]        # -100 … -100, ids of "hello<|im_end|>\\n"
+>>> trained = [label for label in example["labels"] if label != -100]   # the rest is -100
+>>> tokenizer.decode(trained)
+'hello<|im_end|>\\n'
+>>> example["labels"][: -len(trained)] == [-100] * (len(example["labels"]) - len(trained))
+True
 """
 
 from typing import Any, Literal, get_args

@@ -90,8 +90,11 @@ def record_errors(rows: Iterable[Mapping[str, Any]], spec: ConversationSpec, sou
     """Every problem ``normalize_records`` would stop at, in file order, at most ``limit``: what
     ``sft inspect`` lists, so a file is fixed in one pass rather than one error per run.
 
+    A record without its answer is a prompt to answer (a test file), not an error; one without
+    its question is. Records of a JSON list are counted from 1, as a person counts them:
+
     >>> [error.location for error in record_errors([{"question": "?"}, {"answer": "4"}], ConversationSpec("qa"), "qa.json")]
-    ['record 0', 'record 1']
+    ['record 2']
     """
     locator = RowLocator(source)
     errors: list[RecordError] = []

@@ -142,8 +142,10 @@ def split_think(reply: str) -> tuple[str, bool]:
     never closed it has no answer (it ran out of tokens, or never learned to stop); a reply
     without any think block is all answer.
 
-    >>> split_think("<think>\n2+2\n</think>\n\nFour.")
+    >>> split_think("<think>\\n2+2\\n</think>\\n\\nFour.")
     ('Four.', True)
+    >>> split_think("<think>\\n2+2"), split_think("Four.")
+    (('', False), ('Four.', False))
     """
     if THINK_CLOSE in reply:
         return reply.rsplit(THINK_CLOSE, 1)[1].strip(), True

@@ -4,9 +4,12 @@ The prompt is rendered by the same chat-template code as training and predict
 (``datamodules/chat_tokens.py``), from the whole conversation so far, with the configured system
 prompt first. Generation uses the configured default settings (``model.generation``), one answer.
 
->>> session = ChatSession(model, tokenizer, GenerationSettings(max_new_tokens=64), "Be brief.")
->>> session.reply("hello", write=print)   # streams, returns the whole reply
->>> session.messages                       # system, user, assistant
+>>> session = ChatSession(model, tokenizer, GenerationSettings(max_new_tokens=8), "Be brief.")
+>>> reply = session.reply("hello", write=lambda text: None)   # streams each piece to ``write``
+>>> [message["role"] for message in session.messages]
+['system', 'user', 'assistant']
+>>> session.messages[-1]["content"] == reply
+True
 """
 
 from collections.abc import Callable, Iterable

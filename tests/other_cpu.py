@@ -21,7 +21,9 @@ AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def has_more_than_avx2(capability: str) -> bool:
-    """>>> [has_more_than_avx2(c) for c in ("AVX512", "AVX2", "DEFAULT", "SVE256")]
+    """Only the AVX512 kernel families have more than AVX2 (ARM's are their own).
+
+    >>> [has_more_than_avx2(c) for c in ("AVX512", "AVX2", "DEFAULT", "SVE256")]
     [True, False, False, False]
     """
     return capability.startswith("AVX512")

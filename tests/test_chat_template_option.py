@@ -12,10 +12,7 @@ import pytest
 import torch
 import yaml
 from peft import LoraConfig
-from tokenizers import Tokenizer, decoders, models
-from tokenizers.pre_tokenizers import ByteLevel
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from core.constants import IGNORE_INDEX
 from core.tokenizer import CHATML_TEMPLATE, ModelLoadError, load_tokenizer
@@ -23,22 +20,10 @@ from datamodules.chat_tokens import tokenize_conversation
 from modules.checkpoint_keys import trainable_state
 from lightning_app.main import main
 from tests.factories import QA_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl
-from tests.tiny import byte_ids
+from tests.tiny import build_base_tokenizer, byte_ids
 
 END_OF_TEXT, IM_START, IM_END = 256, 257, 258
 BASE_VOCAB = 257
-
-
-def build_base_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level, <|endoftext|> as EOS, no chat template and no ChatML tokens: a base model's."""
-    vocab = {char: byte for byte, char in bytes_to_unicode().items()}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
-    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
-    assert tokenizer.eos_token_id == END_OF_TEXT and tokenizer.chat_template is None
-    return tokenizer
 
 
 @pytest.fixture(scope="module")

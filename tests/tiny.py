@@ -47,6 +47,20 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def build_base_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level, <|endoftext|> = 256 as EOS, no chat template and no ChatML tokens: a base model's."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {char: byte for byte, char in bytes_to_unicode().items()}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>"})
+    assert tokenizer.eos_token_id == 256 and tokenizer.chat_template is None
+    return tokenizer
+
+
 def build_model(architecture: str = "llama"):
     common = dict(
         vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
