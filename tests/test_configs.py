@@ -1,5 +1,8 @@
 """Every YAML in configs/ parses against the code, and smoke-runs a step on a tiny model.
 
+The scenario configs of configs/scenarios/ (one per user of shared/SCENARIOS.md) are parsed here too;
+tests/test_scenarios.py runs each of them end to end (fit, test, predict) as its header says.
+
 A config with a ``# gpu-only: <why>`` line (4-bit/8-bit bases, bitsandbytes optimizers) smoke-runs
 on a GPU only (those runs are marked ``gpu``); without one it is skipped with that reason, and must
 instead stop before its first step with an error that names the GPU requirement and the setting to
@@ -18,6 +21,7 @@ from lightning_app.main import main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
+SCENARIO_CONFIGS = sorted((PROJECT_ROOT / "configs" / "scenarios").glob("*.yaml"))  # run by test_scenarios.py
 BENCHMARK_CONFIGS = sorted((PROJECT_ROOT / "benchmarks" / "gpu").glob("*.yaml"))
 GPU_ONLY_MARKER = "# gpu-only:"
 
@@ -46,11 +50,14 @@ def smoke_args(config: Path, model_dir, runs_dir: Path, accelerator: str) -> lis
 
 def test_there_are_configs():
     assert any(path.name == "demo.yaml" for path in CONFIGS)
+    assert [path.stem for path in SCENARIO_CONFIGS] == [
+        "alpaca_history_lora", "math500_lora", "qa_squad_lora", "think_full", "typed_multi"]
     assert [path.stem for path in BENCHMARK_CONFIGS] == [
         "qwen3_0.6b_full_adamw", "qwen3_0.6b_full_sgd", "qwen3_0.6b_lora", "qwen3_0.6b_qlora"]
 
 
-@pytest.mark.parametrize("config", CONFIGS + BENCHMARK_CONFIGS, ids=lambda path: path.name)
+@pytest.mark.parametrize("config", CONFIGS + SCENARIO_CONFIGS + BENCHMARK_CONFIGS,
+                         ids=lambda path: f"scenarios/{path.name}" if path in SCENARIO_CONFIGS else path.name)
 def test_config_parses_and_first_line_names_its_command(config, monkeypatch):
     monkeypatch.chdir(PROJECT_ROOT)
     cli = SFTCLI(args=["--config", str(config)], run=False)  # builds every object; loads no weights
