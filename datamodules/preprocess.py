@@ -15,13 +15,8 @@ import numpy as np
 
 from core.errors import RecordError
 from core.record import Record
-from datamodules.chat_tokens import (
-    answer_position,
-    count_trained,
-    prompt_ids_for_generation,
-    tokenize_conversation,
-    truncate,
-)
+from datamodules.chat_tokens import answer_position, count_trained, prompt_ids_for_generation
+from datamodules.truncation import fit_conversation
 
 
 @dataclass
@@ -62,11 +57,10 @@ def _records_dataset(records: list[Record], messages_of) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows)
 
 
-def _training_row(row, tokenizer, train_on: str, max_length: int | None):
+def _training_row(row, tokenizer, train_on: str, max_length: int | None, truncation: str):
     conversation = json.loads(row["conversation"])
-    example, was_truncated = truncate(
-        tokenize_conversation(tokenizer, conversation["messages"], train_on, conversation["tools"]), max_length
-    )
+    example, was_truncated = fit_conversation(tokenizer, conversation["messages"], train_on, conversation["tools"],
+                                              max_length, truncation)
     return {
         **example,
         "answer_position": answer_position(example["labels"]),
@@ -83,13 +77,15 @@ def require_answers(records: list[Record]) -> None:
 
 
 def build_training_examples(
-    records: list[Record], tokenizer: Any, train_on: str, max_length: int | None, source: str
+    records: list[Record], tokenizer: Any, train_on: str, max_length: int | None, source: str,
+    truncation: str = "keep_answer",
 ) -> tuple[datasets.Dataset, TokenStats]:
-    """Tokenize and mask every record; drop those with nothing left to train."""
+    """Tokenize and mask every record, cut to ``max_length`` as ``truncation`` says
+    (``datamodules/truncation.py``); drop those with nothing left to train."""
     require_answers(records)
     tokenized = _records_dataset(records, lambda record: record.messages).map(
         _training_row,
-        fn_kwargs={"tokenizer": tokenizer, "train_on": train_on, "max_length": max_length},
+        fn_kwargs={"tokenizer": tokenizer, "train_on": train_on, "max_length": max_length, "truncation": truncation},
         remove_columns=["conversation"],
         keep_in_memory=True,
         desc=f"Tokenizing {source}",

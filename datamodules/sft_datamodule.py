@@ -25,8 +25,11 @@ from datamodules.mixing import Mixture, TrainSource, check_sources, read_mixture
 from datamodules.normalize import ConversationSpec, read_records
 from datamodules.preprocess import TokenStats, build_prompt_examples, build_training_examples
 from datamodules.token_cache import cached_split, default_cache_dir, split_key
+from datamodules.truncation import Truncation
 from core.tokenizer import load_tokenizer
 
+
+MIN_MAX_LENGTH = 32
 
 # The files each stage reads (validation answers score the validation records).
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
@@ -45,7 +48,9 @@ class SFTDataModule(L.LightningDataModule):
         system_prompt: str | None = None,
         train_on: TrainOn = "all_assistant",
         metric: Metric | None = None,
-        max_length: int = 1024,
+        max_length: int | None = 1024,
+        truncation: Truncation = "keep_answer",
+        warn_dropped_share: float = 0.01,
         batch_size: int = 4,
         group_by_length: bool = True,
         length_group_steps: int = 1,
@@ -75,7 +80,13 @@ class SFTDataModule(L.LightningDataModule):
             train_on: Train every assistant turn of a conversation, or only the last one.
             metric: How answers are scored (choice, code, math, rouge, squad, think); default: by the
                 record's type (typed records per type, qa squad, math math, think think, the rest rouge).
-            max_length: Examples longer than this many tokens are cut (and counted).
+            max_length: Examples longer than this many tokens are cut (and counted); at least 32, or null.
+            truncation: How an example longer than max_length is cut: keep_answer (the oldest turns, then
+                the start of the last user message, so the answer and the end of the question stay),
+                keep_start (cut the end: the answer goes first, and an example left without a trained
+                token is dropped) or keep_end (cut the start).
+            warn_dropped_share: A split that drops more than this share of its records (no trained token
+                left) says so in a warning; one that keeps none stops the run before the model loads.
             batch_size: Training micro-batch size (sequences).
             group_by_length: Split each window of ``length_group_steps`` optimizer steps' examples into
                 micro-batches of similar length (less padding); the windows are those of plain shuffling.
@@ -114,7 +125,12 @@ class SFTDataModule(L.LightningDataModule):
             check_sources(self.train_sources)
         self.mixture: Mixture | None = None
         self.paths = {"train": train_path, "val": val_path, "test": test_path, "predict": predict_path}
+        if max_length is not None and max_length < MIN_MAX_LENGTH:
+            raise ValueError(f"data.max_length must be at least {MIN_MAX_LENGTH} (a chat turn's headers alone take "
+                             f"~10 tokens) or null for no cut, got {max_length}")
         self.max_length = max_length
+        self.truncation = truncation
+        self.warn_dropped_share = warn_dropped_share
         self.batch_size = batch_size
         self.group_by_length = group_by_length
         if length_group_steps < 1:
@@ -174,17 +190,29 @@ class SFTDataModule(L.LightningDataModule):
         """Tokenized, masked examples of a split (built once), with their statistics logged."""
         if split not in self.examples:
             path, records = self.split_path(split), self.records(split)
-            options = {"train_on": self.spec.train_on, "max_length": self.max_length}
+            options = {"train_on": self.spec.train_on, "max_length": self.max_length, "truncation": self.truncation}
             key = split_key("training", records, lambda record: record.messages, self.tokenizer, options)
             examples, stats, from_cache = cached_split(self.token_cache_dir, key, lambda: build_training_examples(
-                records, self.tokenizer, self.spec.train_on, self.max_length, path), TokenStats)
+                records, self.tokenizer, self.spec.train_on, self.max_length, path, self.truncation), TokenStats)
             self.examples[split], self.token_stats[split] = examples, stats
             rank_zero_info(stats.summary(split) + (" (tokens from the cache)" if from_cache else ""))
+            self._refuse_silent_loss(split, path, stats)
             if split == "test" and stats.dropped_no_trained_tokens:
                 rank_zero_warn(unanswered_test_records(path, records, examples, self.max_length))
             if split == "train" and self.mixture is not None:
                 rank_zero_info(self.mixture.summary(split))
         return self.examples[split]
+
+    def _refuse_silent_loss(self, split: str, path: str, stats: TokenStats) -> None:
+        """No split trains (or scores a loss) on nothing, and none loses many examples unsaid."""
+        why = (f"{stats.truncated} cut at data.max_length {self.max_length} (data.truncation {self.truncation}), "
+               f"{stats.dropped_no_trained_tokens} left without a trained token")
+        if stats.records and not stats.kept:
+            raise ValueError(f"{path}: the {split} split keeps none of its {stats.records} records ({why}): raise "
+                             "data.max_length, or use data.truncation keep_answer")
+        if stats.dropped_no_trained_tokens > self.warn_dropped_share * stats.records:
+            rank_zero_warn(f"{path}: the {split} split drops {stats.dropped_no_trained_tokens} of {stats.records} "
+                           f"records ({why}); raise data.max_length or use data.truncation keep_answer")
 
     def prompt_examples(self, split: str = "predict"):
         if split not in self.examples:

@@ -156,3 +156,40 @@ def test_the_demo_checks_its_test_file_before_it_trains(tiny_model_dir, tmp_path
                          "--trainer.accelerator", "cpu"], monkeypatch, capsys)
     assert errors == [f"error: {references}, {BAD_ANSWER}"]
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+
+
+def test_a_max_length_below_a_chat_turn_is_refused(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(jsonl(QA))
+    errors = sft_errors(["fit", "--model.model_name_or_path", str(tiny_model_dir), "--data.format", "qa",
+                         "--data.train_path", str(train), "--data.max_length", "0", "--trainer.logger", "false"],
+                        monkeypatch, capsys)
+    assert errors == ["error: data.max_length must be at least 32 (a chat turn's headers alone take ~10 tokens) or "
+                      "null for no cut, got 0"]
+
+
+def test_a_split_that_keeps_nothing_stops_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    train = tmp_path / "train.jsonl"  # every question longer than 40 tokens: cutting the end leaves no answer
+    train.write_bytes(jsonl(*[{"question": "why " * 20 + str(i), "answer": "because"} for i in range(3)]))
+    errors = sft_errors(["fit", "--model.model_name_or_path", str(tiny_model_dir), "--data.format", "qa",
+                         "--data.train_path", str(train), "--data.max_length", "40", "--data.truncation", "keep_start",
+                         "--trainer.logger", "false"], monkeypatch, capsys)
+    assert errors == [f"error: {train}: the train split keeps none of its 3 records (3 cut at data.max_length 40 "
+                      "(data.truncation keep_start), 3 left without a trained token): raise data.max_length, or use "
+                      "data.truncation keep_answer"]
+
+
+def test_a_split_that_drops_more_than_its_share_says_so(tiny_model_dir, tmp_path):
+    from datamodules.sft_datamodule import SFTDataModule
+
+    records = [{"question": "why " * 20, "answer": "because"}] + [{"question": "ok?", "answer": "yes"}] * 9
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(jsonl(*records))
+    datamodule = SFTDataModule(train_path=str(train), format="qa", max_length=40, truncation="keep_start",
+                               tokenizer_name_or_path=str(tiny_model_dir), cache_tokens=False)
+    with pytest.warns(UserWarning, match=r"train.jsonl: the train split drops 1 of 10 records \(1 cut at data.max_length 40"):
+        datamodule.setup("fit")
+    kept = SFTDataModule(train_path=str(train), format="qa", max_length=40, tokenizer_name_or_path=str(tiny_model_dir),
+                         cache_tokens=False)
+    kept.setup("fit")  # the default keeps the answer: nothing dropped, nothing said
+    assert kept.token_stats["train"].kept == 10

@@ -9,6 +9,7 @@ from datamodules.normalize import ConversationSpec, read_records
 from datamodules.preprocess import build_prompt_examples, build_training_examples
 from core.errors import RecordError
 from datamodules.records import load_records
+from tests.tiny import IM_END, IM_START
 
 
 def user_assistant(prompt, answer):
@@ -68,10 +69,10 @@ def write_jsonl(path, lines):
     return str(path)
 
 
-def training_examples(path, tokenizer, record_format="qa", max_length=None):
+def training_examples(path, tokenizer, record_format="qa", max_length=None, truncation="keep_answer"):
     """Read, normalise and tokenize a file the way the data module does."""
     return build_training_examples(read_records(path, ConversationSpec(record_format)), tokenizer, "all_assistant",
-                                   max_length, path)
+                                   max_length, path, truncation)
 
 
 def test_broken_json_line_is_named(tmp_path):
@@ -95,19 +96,52 @@ def test_record_without_answer_cannot_train(tmp_path, tokenizer):
         training_examples(path, tokenizer)
 
 
-def test_truncation_is_counted_and_empty_examples_are_dropped(tmp_path, tokenizer):
-    # Prompt of "user\nq" turn = 9 tokens, header "<|im_start|>assistant\n" = 11 tokens: answers start at 20.
-    lines = [
-        json.dumps({"question": "q", "answer": "ab"}),  # 20 + 2 + 2 = 24 tokens: fits
-        json.dumps({"question": "q", "answer": "abcdefgh"}),  # 30 tokens: cut to 24, keeps 4 answer tokens
-        json.dumps({"question": "q" * 30, "answer": "a"}),  # the answer starts after token 24: dropped
-    ]
-    path = write_jsonl(tmp_path / "qa.jsonl", lines)
-    examples, stats = training_examples(path, tokenizer, max_length=24)
+# Prompt of "user\nq" turn = 9 tokens, header "<|im_start|>assistant\n" = 11 tokens: answers start at 20.
+CUT_RECORDS = [
+    json.dumps({"question": "q", "answer": "ab"}),  # 20 + 2 + 2 = 24 tokens: fits
+    json.dumps({"question": "q", "answer": "abcdefgh"}),  # 30 tokens: longer than 24 by its answer
+    json.dumps({"question": "x" * 25 + "q", "answer": "a"}),  # 47 tokens: longer by its question
+]
+
+
+def test_cutting_the_end_counts_truncation_and_drops_what_has_no_answer_left(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "qa.jsonl", CUT_RECORDS)
+    examples, stats = training_examples(path, tokenizer, max_length=24, truncation="keep_start")
     assert (stats.records, stats.kept, stats.truncated, stats.dropped_no_trained_tokens) == (3, 2, 2, 1)
     assert [len(ids) for ids in examples["input_ids"]] == [24, 24]
     assert examples[1]["labels"][20:] == list(b"abcd")
     assert stats.trained_tokens == 4 + 4
+
+
+def test_by_default_the_question_loses_its_start_and_the_answer_stays(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "qa.jsonl", CUT_RECORDS)
+    examples, stats = training_examples(path, tokenizer, max_length=24)
+    assert (stats.records, stats.kept, stats.truncated, stats.dropped_no_trained_tokens) == (3, 3, 2, 0)
+    # the long question keeps its last 2 bytes: 9 + 2 + 11 + answer "a", <|im_end|>, "\n" = 24 tokens
+    assert examples[2]["input_ids"] == [IM_START, *b"user\nxq", IM_END, 10, IM_START, *b"assistant\n",
+                                        *b"a", IM_END, 10]
+    assert examples[2]["labels"] == [-100] * 21 + [*b"a", IM_END, 10]
+    assert examples[1]["labels"][20:] == list(b"abcd")  # an answer longer than the room: the question stays whole
+
+
+def test_the_oldest_turns_go_first_and_the_system_message_stays(tmp_path, tokenizer):
+    turns = [{"role": "system", "content": "S"}, {"role": "user", "content": "old question"},
+             {"role": "assistant", "content": "old answer"}, {"role": "user", "content": "new q"},
+             {"role": "assistant", "content": "new a"}]
+    path = write_jsonl(tmp_path / "chat.jsonl", [json.dumps({"messages": turns})])
+    whole, _ = training_examples(path, tokenizer, record_format="messages")
+    examples, stats = training_examples(path, tokenizer, record_format="messages", max_length=len(whole[0]["input_ids"]) - 1)
+    assert stats.truncated == 1 and stats.kept == 1
+    kept = tokenizer.decode(examples[0]["input_ids"])
+    assert kept == ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nnew q<|im_end|>\n"
+                    "<|im_start|>assistant\nnew a<|im_end|>\n")
+    assert tokenizer.decode([t for t in examples[0]["labels"] if t != -100]) == "new a<|im_end|>\n"
+
+
+def test_the_end_is_kept_with_keep_end(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "qa.jsonl", CUT_RECORDS[2:])
+    examples, _ = training_examples(path, tokenizer, max_length=24, truncation="keep_end")
+    assert len(examples[0]["input_ids"]) == 24 and examples[0]["input_ids"][-3:] == [*b"a", IM_END, 10]
 
 
 def test_prompt_examples_keep_ids_types_and_order(tmp_path, tokenizer):

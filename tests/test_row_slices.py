@@ -47,15 +47,32 @@ def test_the_weighted_means_over_slices_are_the_whole_batchs(tiny_model_dir, tmp
                               reordering_bound(torch.float32), msg=name)
 
 
-def test_test_records_whose_prompt_fills_max_length_are_named_in_a_warning(tiny_model_dir, tmp_path):
+LONG_PROMPT_RECORDS = [{"id": "short", "type": "generic-generate", "prompt": "hi", "answer": "yo"},
+                       {"id": "long-one", "type": "generic-generate", "prompt": "word " * 200 + "end?", "answer": "yo"}]
+
+
+def long_prompt_datamodule(tiny_model_dir, tmp_path, truncation: str):
     from datamodules.sft_datamodule import SFTDataModule
     from tests.factories import write_jsonl
 
-    records = [{"id": "short", "type": "generic-generate", "prompt": "hi", "answer": "yo"},
-               {"id": "long-one", "type": "generic-generate", "prompt": "word " * 200, "answer": "yo"}]
-    datamodule = SFTDataModule(test_path=write_jsonl(tmp_path / "test.jsonl", records), format="typed",
-                               max_length=64, tokenizer_name_or_path=str(tiny_model_dir), cache_tokens=False)
+    return SFTDataModule(test_path=write_jsonl(tmp_path / "test.jsonl", LONG_PROMPT_RECORDS), format="typed",
+                         max_length=64, truncation=truncation, tokenizer_name_or_path=str(tiny_model_dir),
+                         cache_tokens=False)
+
+
+def test_test_records_whose_prompt_fills_max_length_are_named_in_a_warning(tiny_model_dir, tmp_path):
+    datamodule = long_prompt_datamodule(tiny_model_dir, tmp_path, "keep_start")
     with pytest.warns(UserWarning, match=r"test.jsonl: 1 test record\(s\) .* neither answered nor scored: long-one"):
         datamodule.setup("test")
         examples = datamodule.training_examples("test")
     assert examples["id"] == ["short"]
+
+
+def test_by_default_a_long_test_prompt_loses_its_start_and_is_answered(tiny_model_dir, tmp_path, recwarn):
+    datamodule = long_prompt_datamodule(tiny_model_dir, tmp_path, "keep_answer")
+    datamodule.setup("test")
+    examples = datamodule.training_examples("test").with_format(None)
+    assert examples["id"] == ["short", "long-one"] and not [w for w in recwarn if "neither answered" in str(w.message)]
+    long_one = examples[1]
+    prompt = datamodule.tokenizer.decode(long_one["input_ids"][: long_one["answer_position"] + 1])
+    assert len(long_one["input_ids"]) <= 64 and prompt.endswith("word end?<|im_end|>\n<|im_start|>assistant\n")

@@ -64,7 +64,7 @@ def test_a_change_in_what_the_tokens_depend_on_misses(tiny_model_dir, tmp_path, 
     if change == "record":
         path = write_jsonl(tmp_path / "train.jsonl", [{**RECORDS[0], "answer": "hello"}, RECORDS[1]])
     elif change == "max_length":
-        options = {"max_length": 12}
+        options = {"max_length": 33}
     elif change == "train_on":
         options = {"train_on": "last_assistant"}
     else:
