@@ -24,7 +24,8 @@ OURS_BATCHING = {
 
 
 def data_options(layout: dict) -> list[str]:
-    options = ["--data.format", layout["format"]]
+    # TRL cuts an example's end (keep_start): both sides cut the same way, in training and scoring
+    options = ["--data.format", layout["format"], "--data.truncation", "keep_start"]
     if layout.get("system_prompt"):
         options += ["--data.system_prompt", layout["system_prompt"]]
     return options
