@@ -15,7 +15,7 @@ GIB = 1024  # MiB
 SIDE_NAMES = {"trl": "TRL SFTTrainer", "ours": "lightning-sft"}
 LAYOUT_NAMES = {"packed": "packed (BFD)", "padded": "padded", "padding_free": "padding-free",
                 "packed_budget": "padding-free, token budget"}
-# Measured earlier with TRL 1.16 on an H100 (../shared/gpu/README.md): (tokens/s, peak GiB allocated).
+# Measured earlier with TRL 1.16 on an H100: (tokens/s, peak GiB allocated).
 TRL_ANCHORS = {("full_adamw", "padded"): (10_170, 21.2), ("full_adamw", "packed"): (15_581, 24.3),
                ("lora", "padded"): (11_468, 18.3), ("lora", "packed"): (16_131, 21.4),
                ("qlora", "padded"): (9_573, 15.4)}

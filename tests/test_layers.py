@@ -1,4 +1,4 @@
-"""The layers import one way only (pyproject's import-linter contract, ../shared/ARCHITECTURE.md)."""
+"""The layers import one way only (pyproject's import-linter contract, docs/architecture.md)."""
 
 import subprocess
 import sys

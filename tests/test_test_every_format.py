@@ -1,5 +1,5 @@
 """`sft test` and `sft score` on a small file of each of the eight formats, in its users' layouts
-(../shared/SCENARIOS.md): no ids in the QA list, Math500's unique_id, Alpaca history, think traces.
+(configs/scenarios/): no ids in the QA list, Math500's unique_id, Alpaca history, think traces.
 
 Each format is scored by the metric that fits it; answers are keyed by the file's own id or the
 record's position. `sft score` with hand-written answers pins the values each metric must give.
