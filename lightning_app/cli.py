@@ -20,6 +20,7 @@ from callbacks.progress import ProgressReport
 from callbacks.run_summary import RunSummary
 from callbacks.throughput import SFTThroughputMonitor
 from callbacks.validation_answers import ValidationAnswers
+from core.checkpoint_file import read_checkpoint
 from datamodules.sft_datamodule import SFTDataModule
 from lightning_app import quiet
 from lightning_app.run_dirs import newest_last_checkpoint, version_of_checkpoint
@@ -74,6 +75,15 @@ class SFTCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             self._resolve_last_checkpoint(self.config[subcommand], resume=(subcommand == "fit"))
+
+    def _parse_ckpt_path(self) -> None:
+        """A named checkpoint is read (or refused in one line: missing, truncated, not a checkpoint,
+        holding foreign objects) before LightningCLI takes its hyperparameters from it."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path:
+            read_checkpoint(ckpt_path)
+        super()._parse_ckpt_path()
 
     @staticmethod
     def _resolve_last_checkpoint(config, resume: bool) -> None:

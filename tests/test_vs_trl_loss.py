@@ -38,7 +38,9 @@ def test_the_table_shows_each_sides_median_run_and_every_runs_speed():
     trl = median_run([run("TRL", 10.0), run("TRL", 8.0), run("TRL", 12.0)])
     ours = median_run([run("ours", 2.0), run("ours", 4.0), run("ours", 2.5)])
     assert trl["seconds"] == 10.0 and ours["seconds"] == 2.5  # 100 and 400 tokens/s: the middle runs
-    args = SimpleNamespace(method="lora", records=3, batch=1, accumulate=1, max_length=8, lr=0.1, model="m", repeats=3)
+    args = SimpleNamespace(method="lora", records=3, batch=1, accumulate=1, max_length=8, lr=0.1, model="m", repeats=3,
+                           ours_args=[])
     text = table([trl, ours], args)
     assert "| ours / TRL | | 4.00x | 0.25x | |" in text
     assert "TRL: 100.0, 125.0, 83.3; ours: 500.0, 250.0, 400.0" in text
+    assert "ours the same steps, split by length (the default)" in text
