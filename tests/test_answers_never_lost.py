@@ -3,10 +3,7 @@ rerun into the same folder loses none, duplicates none, generates only the rest,
 files of an uninterrupted run. Answers made with other settings are refused, not mixed."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import pytest
 from evaluation.answer_journal import JOURNAL_NAME, AnswersFromOtherSettingsError
 from lightning_app.main import main
 from modules.sft_module import SFTModule
-from tests.factories import TYPED_RECORDS, greedy_answering_config
+from tests.factories import TYPED_RECORDS, PreimportedProcess, greedy_answering_config, start_preimporting
 
 RECORDS = TYPED_RECORDS + [
     {"id": "t5", "type": "generic-generate", "prompt": "Say 'hi'", "answer": "hi"},
@@ -73,12 +70,11 @@ main(sys.argv[1:])
 
 
 def predict_killed_after_the_first_batch(config: str, output_dir: Path) -> None:
-    """SIGKILL (no handler runs, nothing is flushed at exit) once the first batch is in the journal."""
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    command = [sys.executable, "-c", HANGS_AT_THE_SECOND_BATCH, "predict", "--config", config,
-               "--predictions.output_dir", str(output_dir)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """SIGKILL (no handler runs, nothing is flushed at exit) once the first batch is in the journal.
+    The process is forked with its imports made (tests/factories.py)."""
+    command = ["-c", HANGS_AT_THE_SECOND_BATCH, "predict", "--config", config, "--predictions.output_dir",
+               str(output_dir)]
+    process = PreimportedProcess(command, cwd=Path(config).parent)
     deadline = time.monotonic() + 120
     while len(journal_ids(output_dir / JOURNAL_NAME)) < len(FIRST_BATCH) and process.poll() is None:
         assert time.monotonic() < deadline, "the first batch never reached the journal"
@@ -87,7 +83,9 @@ def predict_killed_after_the_first_batch(config: str, output_dir: Path) -> None:
     assert process.wait(timeout=30) == -signal.SIGKILL
 
 
+@pytest.mark.numerics
 def test_a_killed_predict_resumes_with_the_answers_of_an_uninterrupted_run(greedy_config, tmp_path, monkeypatch):
+    start_preimporting()  # the killed run's imports, while the uninterrupted one answers here
     straight = watch_answering(monkeypatch)
     main(["predict", "--config", greedy_config, "--predictions.output_dir", "straight"])
     assert sorted(id_ for batch in straight for id_ in batch) == sorted(r["id"] for r in RECORDS)
@@ -110,6 +108,7 @@ def test_a_killed_predict_resumes_with_the_answers_of_an_uninterrupted_run(greed
     assert not journal.exists()  # removed once predictions.json holds every answer
 
 
+@pytest.mark.numerics
 def test_a_killed_test_resumes_with_the_metrics_of_an_uninterrupted_run(greedy_config, tmp_path, monkeypatch):
     main(["test", "--config", greedy_config, "--answer_metrics.output_dir", "straight"])
 

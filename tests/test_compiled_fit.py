@@ -11,8 +11,10 @@ import json
 import logging
 
 import pytest
+import torch
 
 from lightning_app.main import main
+from tests.tolerances import TINY_DEPTH, assert_close_normwise, reordering_bound
 
 # SQuAD-style contexts of different lengths: with length grouping off, each micro-batch of 2 has its own length
 RECORDS = [{"context": " ".join([f"The {thing} is {quality}."] * repeats), "question": f"What is the {thing}?",
@@ -35,6 +37,7 @@ def fit_summary(tmp_path, model_dir, torch_compile: str) -> dict:
     return json.loads((tmp_path / "runs" / torch_compile / "version_0" / "summary.json").read_text())
 
 
+@pytest.mark.numerics
 @pytest.mark.filterwarnings("ignore")
 def test_a_compiled_bf16_lora_fit_of_a_qa_list_trains_as_the_eager_fit(tiny_qwen_dir, tmp_path, caplog):
     eager = fit_summary(tmp_path, tiny_qwen_dir, "false")
@@ -42,5 +45,9 @@ def test_a_compiled_bf16_lora_fit_of_a_qa_list_trains_as_the_eager_fit(tiny_qwen
     with caplog.at_level(logging.INFO):
         compiled = fit_summary(tmp_path, tiny_qwen_dir, "true")
     assert "compiled 1 decoder layers" in caplog.text and "causal blocks of matmuls" in caplog.text  # the path under test
-    for name in ("final_train_loss", "last_step_train_loss"):
-        assert compiled[name] == pytest.approx(eager[name], rel=2e-2), name
+    # bf16 autocast sums in float32 and rounds each result to bf16 once, inductor where it fuses and eager
+    # after each op: one bf16 rounding per dependent result through a forward/backward (the steps' LoRA
+    # updates are lr-sized, their differences far smaller still)
+    losses = ["final_train_loss", "last_step_train_loss"]
+    assert_close_normwise(torch.tensor([compiled[name] for name in losses]), torch.tensor([eager[name] for name in losses]),
+                          reordering_bound(torch.bfloat16, terms=1, depth=TINY_DEPTH))

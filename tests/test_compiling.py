@@ -1,6 +1,7 @@
 """model.torch_compile: the decoder layers are compiled, one graph for all of them, and a training
 step gives the eager step's loss and gradients; generation runs eagerly and answers the same."""
 
+import pytest
 import torch
 from peft import LoraConfig
 
@@ -9,6 +10,7 @@ from modules.compiling import compile_repeated_blocks, eager_generation
 from modules.loading import load_causal_lm
 from modules.peft_setup import apply_peft
 from tests.factories import kept_loss_and_grads
+from tests.tolerances import assert_close_normwise, reordering_bound
 from core.constants import IGNORE_INDEX
 
 
@@ -24,6 +26,7 @@ def _batch(length: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
 
 
+@pytest.mark.numerics
 def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
     eager, compiled = _lora_model(tiny_model_dir), _lora_model(tiny_model_dir)
     compiled.load_state_dict(eager.state_dict())
@@ -35,10 +38,11 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
         batch = _batch(length)
         eager_loss, eager_grads = kept_loss_and_grads(eager, batch)
         compiled_loss, compiled_grads = kept_loss_and_grads(compiled, batch)
-        torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+        # inductor's fused kernels sum in another order: one forward/backward's reordering (tests/tolerances.py)
+        assert_close_normwise(compiled_loss, eager_loss, reordering_bound(torch.float32))
         assert compiled_grads.keys() == eager_grads.keys() and compiled_grads
         for name, grad in eager_grads.items():
-            torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+            assert_close_normwise(compiled_grads[name], grad, reordering_bound(torch.float32), msg=name)
     # one graph for every layer and both lengths (a graph per layer would mean compile time x layers)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2, dict(torch._dynamo.utils.counters["stats"])
     # each graph traced once: no second trace for float constants (it missed the compile cache each run)

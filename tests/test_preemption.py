@@ -3,8 +3,6 @@
 import os
 import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,9 +15,8 @@ from lightning.pytorch.callbacks import Callback
 from callbacks.checkpoint import PREEMPTED_EXIT_CODE
 from lightning_app.cli import SFTCLI
 from lightning_app.main import main
+from tests.factories import PreimportedProcess
 from tests.test_cli import run_config  # noqa: F401  (the fixture: a tiny model, LoRA, 4 typed records)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class SlowSteps(Callback):
@@ -76,10 +73,10 @@ def _lines_of(process) -> queue.Queue:
 
 def test_sigterm_saves_last_exits_and_resumes(run_config, tmp_path):
     slow = with_callbacks(run_config, "slow", {"class_path": "tests.test_preemption.SlowSteps"}, max_steps=1000)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-    stderr_file = (tmp_path / "stderr.txt").open("w")  # a file: a full pipe would block the run's warnings
-    process = subprocess.Popen([sys.executable, "-m", "lightning_app", "fit", "--config", slow], env=env,
-                               stdout=subprocess.PIPE, stderr=stderr_file, text=True)
+    # `python -m lightning_app fit` in a process of its own, forked with its imports made (tests/factories.py);
+    # stderr to a file: a full pipe would block the run's warnings
+    process = PreimportedProcess(["-m", "lightning_app", "fit", "--config", slow], cwd=tmp_path, stdout_pipe=True,
+                                 stderr_path=tmp_path / "stderr.txt")
     try:
         lines = _lines_of(process)
         while not lines.get(timeout=120).startswith("step 1"):
@@ -90,7 +87,6 @@ def test_sigterm_saves_last_exits_and_resumes(run_config, tmp_path):
         seconds_to_exit = time.monotonic() - sent
     finally:
         process.kill()
-        stderr_file.close()
     stderr = (tmp_path / "stderr.txt").read_text()
     assert return_code == PREEMPTED_EXIT_CODE, stderr[-2000:]
     assert seconds_to_exit < 10
@@ -109,6 +105,7 @@ def test_sigterm_saves_last_exits_and_resumes(run_config, tmp_path):
     assert not (tmp_path / "runs" / "tiny" / "version_1").exists()
 
 
+@pytest.mark.numerics
 def test_a_sigterm_inside_an_accumulation_window_resumes_to_the_weights_of_an_uninterrupted_fit(run_config, tmp_path):
     """4 batches of 1, windows of 2: a SIGTERM after batch 2 (the first half of step 2's window)
     saves at step 1, and the resume replays batch 2 before finishing the epoch."""
@@ -126,7 +123,7 @@ def test_a_sigterm_inside_an_accumulation_window_resumes_to_the_weights_of_an_un
     straight = load(tmp_path / "runs" / "straight" / "version_0" / "checkpoints" / "last.ckpt")
     resumed = load(checkpoints / "last.ckpt")
     assert resumed["global_step"] == straight["global_step"] == 4
-    for name, weight in straight["state_dict"].items():
+    for name, weight in straight["state_dict"].items():  # the same kernels in the same order: near-exact
         torch.testing.assert_close(resumed["state_dict"][name], weight, rtol=1e-6, atol=1e-7, msg=name)
 
 

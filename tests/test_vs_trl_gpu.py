@@ -3,11 +3,14 @@ and the whole dry run (TRL padded and packed, ours, each in its own process) on 
 architecture, down to the tables."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import vs_trl_gpu, vs_trl_gpu_tables
 from core.tokenizer import load_tokenizer
+from tests.factories import PreimportedProcess
 from tests.test_callbacks_metrics import table_cells
 from tests.test_gpu_compare import tiny_architecture  # noqa: F401  (a fixture: the folder gpu_prepare.sh makes)
 
@@ -34,11 +37,30 @@ def overall_rows(markdown: str) -> list[dict]:
     return [dict(zip(header, table_cells(line))) for line in lines[2:]]
 
 
+class PreimportedSides:
+    """What the driver uses of ``subprocess``: each side still runs as ``python -m benchmarks.vs_trl_gpu
+    --side-spec ...`` in a process of its own, forked with torch, transformers, TRL and Lightning
+    imported (tests/factories.py) instead of importing them three times."""
+
+    STDOUT, TimeoutExpired = subprocess.STDOUT, subprocess.TimeoutExpired
+
+    @staticmethod
+    def run(command, cwd, stdout, stderr, timeout) -> subprocess.CompletedProcess:
+        assert command[0] == sys.executable and stderr == subprocess.STDOUT
+        process = PreimportedProcess(command[1:], cwd=cwd, stdout_path=stdout.name, stderr_path=stdout.name)
+        try:
+            return subprocess.CompletedProcess(command, process.wait(timeout))
+        finally:
+            process.kill()
+
+
 @pytest.fixture(scope="module")
 def dry_run(tiny_architecture, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("vs-trl-gpu")
-    status = vs_trl_gpu.main(["--dry-run-cpu", "--architecture", str(tiny_architecture), "--out", str(out),
-                              "--methods", "lora", "qlora"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vs_trl_gpu, "subprocess", PreimportedSides)
+        status = vs_trl_gpu.main(["--dry-run-cpu", "--architecture", str(tiny_architecture), "--out", str(out),
+                                  "--methods", "lora", "qlora"])
     return status, out
 
 
