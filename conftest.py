@@ -11,3 +11,20 @@ def _doctest_objects(doctest_namespace):
 
     doctest_namespace.update(tokenizer=build_tokenizer(), model=build_model("llama").eval(),
                              base_tokenizer=build_base_tokenizer())
+
+
+def pytest_configure(config):
+    """The third-party warnings the CLI silences (lightning_app/quiet.py, each with why) are silenced in
+    the suite too, after pyproject's rule that turns our own code's warnings into errors."""
+    from lightning_app.quiet import THIRD_PARTY_WARNINGS
+
+    for category, start, _why in THIRD_PARTY_WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{_regex(start)}:{category.__module__}.{category.__name__}")
+
+
+def _regex(start: str) -> str:
+    """pytest reads a filter as ``action:message:category:module``, split at colons: none may be in it."""
+    import re
+
+    assert ":" not in start, start
+    return re.escape(start)

@@ -51,8 +51,8 @@ def _load(path: Path):
 def _unpickling_problem(path: Path, message: str) -> str:
     """The weights-only unpickler names the object it refused (``GLOBAL module.Name``).
 
-    >>> _unpickling_problem(Path("x.ckpt"), "Weights only load failed ... Unsupported global: GLOBAL evil.Thing was not")
-    'x.ckpt: refused: it holds a pickled evil.Thing, not only tensors and plain values, and loading it would run that object\\'s code; use a checkpoint written by `sft fit` (an earlier one in the same checkpoints/ folder, or --ckpt_path last)'
+    >>> print(_unpickling_problem(Path("x.ckpt"), "Weights only load failed ... Unsupported global: GLOBAL evil.Thing was"))
+    x.ckpt: refused: it holds a pickled evil.Thing, not only tensors and plain values, and loading it would run that object's code; use a checkpoint written by `sft fit` (an earlier one in the same checkpoints/ folder, or --ckpt_path last)
     """
     found = re.search(r"GLOBAL ([\w.]+)", message)
     if found:

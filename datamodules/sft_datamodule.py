@@ -208,11 +208,17 @@ class SFTDataModule(L.LightningDataModule):
         why = (f"{stats.truncated} cut at data.max_length {self.max_length} (data.truncation {self.truncation}), "
                f"{stats.dropped_no_trained_tokens} left without a trained token")
         if stats.records and not stats.kept:
-            raise ValueError(f"{path}: the {split} split keeps none of its {stats.records} records ({why}): raise "
-                             "data.max_length, or use data.truncation keep_answer")
-        if stats.dropped_no_trained_tokens > self.warn_dropped_share * stats.records:
+            raise ValueError(f"{path}: the {split} split keeps none of its {stats.records} records ({why}): "
+                             f"{self._what_keeps_more()}")
+        if split != "test" and stats.dropped_no_trained_tokens > self.warn_dropped_share * stats.records:
+            # (the test split names its dropped records instead: unanswered_test_records)
             rank_zero_warn(f"{path}: the {split} split drops {stats.dropped_no_trained_tokens} of {stats.records} "
-                           f"records ({why}); raise data.max_length or use data.truncation keep_answer")
+                           f"records ({why}); {self._what_keeps_more()}")
+
+    def _what_keeps_more(self) -> str:
+        if self.truncation == "keep_answer":
+            return "raise data.max_length (these prompts leave their answers no room)"
+        return "raise data.max_length, or use data.truncation keep_answer (it cuts the prompt, not the answer)"
 
     def prompt_examples(self, split: str = "predict"):
         if split not in self.examples:

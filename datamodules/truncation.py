@@ -9,8 +9,10 @@ instead, the way a person would shorten it:
 2. the start of the last user message (a long context loses its beginning; the question, at its end,
    stays),
 
-and an answer that would not fit even after the whole last user message keeps that message and is
-itself cut at the end (a question with the start of its answer teaches more than the answer alone).
+and an answer that would not fit even without the whole last user message is cut at its end, after
+that message keeps only as much of its end as leaves the answer half of ``max_length`` (a question
+with the start of its answer teaches more than the answer alone, and a long question never takes the
+answer's room); where the template and earlier messages alone take half, the question stays whole.
 ``keep_start`` (cut the end) and ``keep_end`` (cut the start, as TRL's ``keep_end``) are the token
 cuts. Every candidate is rendered by the chat template (``chat_tokens.tokenize_conversation``), so a
 cut conversation is still a well-formed one.
@@ -93,21 +95,42 @@ def _answered_after(messages: list[Message], index: int) -> bool:
 
 def _cut_message_start(messages: list[Message], index: int, render, tokenizer: Any,
                        max_length: int) -> dict[str, list[int]]:
-    """Drop the fewest leading tokens of message ``index``'s text that make the rendering fit
-    (binary search: a longer cut never renders longer); none if even all of them would not do."""
+    """Drop the fewest leading tokens of message ``index``'s text that make the rendering fit; if even
+    all of them would not do (the answer is longer than the room), the fewest that leave the answer
+    half of ``max_length`` before the caller cuts its end, or none if no cut does (binary searches: a
+    longer cut never renders longer, and never moves the answer later)."""
     content_ids = tokenizer(messages[index]["content"], add_special_tokens=False)["input_ids"]
 
     def without_first(count: int) -> dict[str, list[int]]:
         shortened = {**messages[index], "content": tokenizer.decode(content_ids[count:])}
         return render(messages[:index] + [shortened] + messages[index + 1 :])
 
-    if len(without_first(len(content_ids))["input_ids"]) > max_length:  # the answer is longer than the room:
-        return render(messages)  # keep the question whole; the caller cuts the answer's end
-    low, high = 1, len(content_ids)
+    def fits(count: int) -> bool:
+        return len(without_first(count)["input_ids"]) <= max_length
+
+    def leaves_the_answer_half(count: int) -> bool:
+        kept_labels = without_first(count)["labels"][:max_length]
+        return sum(label != -100 for label in kept_labels) >= max_length // 2
+
+    everything = len(content_ids)
+    enough = fits if fits(everything) else leaves_the_answer_half
+    if not enough(everything):  # the template and earlier messages alone take half: no question is worth losing
+        return render(messages)
+    return without_first(fewest_satisfying(enough, everything))
+
+
+def fewest_satisfying(predicate, most: int) -> int:
+    """The smallest ``count`` in ``0..most`` with ``predicate(count)``, for a predicate that stays true
+    once it is (``predicate(most)`` is).
+
+    >>> fewest_satisfying(lambda count: count * count >= 50, 10)
+    8
+    """
+    low, high = 0, most
     while low < high:
         middle = (low + high) // 2
-        if len(without_first(middle)["input_ids"]) <= max_length:
+        if predicate(middle):
             high = middle
         else:
             low = middle + 1
-    return without_first(low)
+    return low

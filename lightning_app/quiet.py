@@ -22,6 +22,12 @@ THIRD_PARTY_WARNINGS = [
      "the data module's validation loader is empty when no validation file is set: no validation is meant"),
     (Warning, "Precision bf16-mixed is not supported by the model summary",
      "the summary's FLOP count only; the run's precision is printed by the CLI and kept in config.yaml"),
+    (Warning, "The dirpath has changed from",
+     "`sft validate/test/predict --ckpt_path` write a new run folder on purpose; nothing is lost by it"),
+    (Warning, "Checkpoint directory",
+     "a resumed fit writes into its checkpoint's run folder on purpose (--ckpt_path last)"),
+    (Warning, "Couldn't infer the batch indices fetched from your dataloader",
+     "answers are written by this project's answer writer, which keeps each record's id itself"),
 ]
 
 # (logger, start of the message, why)

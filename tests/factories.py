@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 import yaml
 
@@ -96,6 +97,11 @@ def greedy_answering_config(model_dir, folder: Path, records: list[dict]) -> str
     path = folder / "greedy.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
+
+# A config written for a GPU asks for bf16; parsed or run on a CPU without bf16 instructions the CLI
+# warns that it would be ~300x slower (tests/test_precision.py checks that warning). Tests that use
+# such configs on the CPU on purpose expect it, on either kind of CPU.
+BF16_CONFIG_ON_THIS_CPU = pytest.mark.filterwarnings("ignore:trainer.precision is bf16-mixed, but this CPU has no bf16")
 
 
 # Processes that start with everything imported -------------------------------------------------------

@@ -176,7 +176,7 @@ def test_a_split_that_keeps_nothing_stops_before_the_model_loads(tiny_model_dir,
                          "--trainer.logger", "false"], monkeypatch, capsys)
     assert errors == [f"error: {train}: the train split keeps none of its 3 records (3 cut at data.max_length 40 "
                       "(data.truncation keep_start), 3 left without a trained token): raise data.max_length, or use "
-                      "data.truncation keep_answer"]
+                      "data.truncation keep_answer (it cuts the prompt, not the answer)"]
 
 
 def test_a_split_that_drops_more_than_its_share_says_so(tiny_model_dir, tmp_path):

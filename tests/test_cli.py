@@ -9,7 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_app.main import main
-from tests.factories import TYPED_RECORDS, write_jsonl
+from tests.factories import BF16_CONFIG_ON_THIS_CPU, TYPED_RECORDS, write_jsonl
 
 
 @pytest.fixture
@@ -204,6 +204,7 @@ def test_demo_command_runs_every_step_and_prints_where_things_are(run_config, tm
     assert "| choice | accuracy |" in printed  # the base-vs-tuned table was printed
 
 
+@BF16_CONFIG_ON_THIS_CPU
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # bf16-mixed: LoRA's frozen weights in bf16
 def test_validation_answers_give_a_task_metric_to_keep_the_best_checkpoint(run_config, tmp_path, precision):
     from lightning_app.cli import SFTCLI

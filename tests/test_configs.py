@@ -18,6 +18,7 @@ import yaml
 
 from lightning_app.cli import SFTCLI
 from lightning_app.main import main
+from tests.factories import BF16_CONFIG_ON_THIS_CPU
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
@@ -56,6 +57,7 @@ def test_there_are_configs():
         "qwen3_0.6b_full_adamw", "qwen3_0.6b_full_sgd", "qwen3_0.6b_lora", "qwen3_0.6b_qlora"]
 
 
+@BF16_CONFIG_ON_THIS_CPU
 @pytest.mark.parametrize("config", CONFIGS + SCENARIO_CONFIGS + BENCHMARK_CONFIGS,
                          ids=lambda path: f"scenarios/{path.name}" if path in SCENARIO_CONFIGS else path.name)
 def test_config_parses_and_first_line_names_its_command(config, monkeypatch):
@@ -87,6 +89,7 @@ def test_the_gpu_only_configs_are_the_quantized_and_bitsandbytes_ones():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without a CUDA GPU gives")
+@BF16_CONFIG_ON_THIS_CPU
 @pytest.mark.parametrize("config", GPU_ONLY_CONFIGS, ids=lambda path: path.name)
 def test_gpu_only_config_fails_fast_on_a_cpu_naming_the_gpu_requirement(config, tiny_model_dir, tmp_path,
                                                                          monkeypatch):

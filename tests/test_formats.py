@@ -121,7 +121,21 @@ def test_by_default_the_question_loses_its_start_and_the_answer_stays(tmp_path, 
     assert examples[2]["input_ids"] == [IM_START, *b"user\nxq", IM_END, 10, IM_START, *b"assistant\n",
                                         *b"a", IM_END, 10]
     assert examples[2]["labels"] == [-100] * 21 + [*b"a", IM_END, 10]
-    assert examples[1]["labels"][20:] == list(b"abcd")  # an answer longer than the room: the question stays whole
+    # an answer longer than the room whose question is short: the template alone takes 19 of 24, so
+    # no cut of the question leaves the answer half (12): the question stays whole
+    assert examples[1]["labels"][20:] == list(b"abcd")
+
+
+def test_a_long_question_before_a_too_long_answer_leaves_it_half_the_room(tmp_path, tokenizer):
+    answer = "abcdefghijklmnopqrstuvwxyz0123"  # 30 tokens: 19 (template) + 30 + 2 > 40 even without a question
+    path = write_jsonl(tmp_path / "qa.jsonl", [json.dumps({"question": "x" * 25 + "q", "answer": answer})])
+    examples, stats = training_examples(path, tokenizer, max_length=40)
+    assert (stats.kept, stats.truncated, stats.dropped_no_trained_tokens) == (1, 1, 0)
+    # the question keeps its last byte (20 prompt tokens), the answer its first 20: half of 40 each
+    assert examples[0]["input_ids"] == [IM_START, *b"user\nq", IM_END, 10, IM_START, *b"assistant\n", *answer[:20].encode()]
+    assert examples[0]["labels"] == [-100] * 20 + list(answer[:20].encode())
+    cut_end, cut_stats = training_examples(path, tokenizer, max_length=40, truncation="keep_start")
+    assert cut_stats.dropped_no_trained_tokens == 1  # the question whole leaves the answer nothing
 
 
 def test_the_oldest_turns_go_first_and_the_system_message_stays(tmp_path, tokenizer):

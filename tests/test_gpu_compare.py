@@ -19,10 +19,11 @@ from evaluation.curves import read_loss_curves
 from core.tokenizer import ModelLoadError, load_tokenizer
 from modules.loading import load_causal_lm
 from modules.sft_module import SFTModule
-from tests.factories import QA_RECORDS, qa_datamodule, quiet_trainer, write_jsonl
+from tests.factories import BF16_CONFIG_ON_THIS_CPU, QA_RECORDS, qa_datamodule, quiet_trainer, write_jsonl
 from tests.test_callbacks_metrics import table_cells
 from tests.tiny import END_OF_TEXT, IM_END, VOCAB_SIZE
 
+pytestmark = BF16_CONFIG_ON_THIS_CPU  # the benchmark's configs are written for GPUs
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 QWEN3_FOLDER = PROJECT_ROOT / "benchmarks" / "architectures" / "qwen3-0.6b"
 COLUMNS = ["run", "method", "optimizer", "trainable %", "peak memory (MiB)", "time/epoch (s)", "tokens/s",

@@ -56,6 +56,7 @@ def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
     >>> relative_difference(torch.tensor([3.0, 4.5]), torch.tensor([3.0, 4.0]))
     0.1
     """
+    actual, expected = actual.detach(), expected.detach()  # parameters may be passed as they are
     difference = (actual.double() - expected.double()).norm()
     scale = expected.double().norm()
     return float(difference / scale) if scale > 0 else float(difference)
