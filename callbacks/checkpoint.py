@@ -26,17 +26,23 @@
    one: the usual cluster), the move is a copy, and a SIGKILL during it leaves a truncated
    ``last.ckpt`` (and a stray file in ``/tmp``). Here every checkpoint is written as
    ``<name>.partial`` beside its final name and renamed with ``os.replace``, which is atomic:
-   a kill at any moment leaves the previous ``last.ckpt`` whole.
+   a kill at any moment leaves the previous ``last.ckpt`` whole. A full disk or an unwritable
+   folder removes the ``.partial`` file and ends the run in one line that names the last complete
+   checkpoint and how to resume from it (``core/disk_errors.py``).
 """
 
 import os
 import shutil
 import sys
+from pathlib import Path
 from weakref import proxy
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from core.disk_errors import checkpoints_intact, removed_on_write_fault, tensor_bytes
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
@@ -106,11 +112,34 @@ class SFTCheckpoint(ModelCheckpoint):
 
 def _write_then_rename(trainer, path: str, weights_only: bool) -> None:
     partial = f"{path}.partial"  # not *.ckpt: `--ckpt_path last` never picks a half-written file
-    trainer.save_checkpoint(partial, weights_only)
+    with removed_on_write_fault(Path(partial), "a checkpoint", Path(path), checkpoint_bytes(trainer, path),
+                                lambda: _intact_and_rerun(Path(path).parent)):
+        trainer.save_checkpoint(partial, weights_only)
     trainer.strategy.barrier()  # a folder of shards (DeepSpeed, sharded FSDP): every rank's part is in
     if trainer.is_global_zero:
         _replace(partial, path)
     trainer.strategy.barrier()
+
+
+def checkpoint_bytes(trainer, path: str) -> int:
+    """About a checkpoint's size: the largest one already in its folder, else the trainable weights
+    (what a PEFT checkpoint holds; a full one holds every weight) and the optimizer's state."""
+    earlier = [file.stat().st_size for file in Path(path).parent.glob("*.ckpt")]
+    if earlier:
+        return max(earlier)
+    module = trainer.lightning_module
+    trainable = (parameter for parameter in module.parameters() if parameter.requires_grad)
+    weights = module.parameters() if getattr(module, "peft_config", None) is None else trainable
+    optimizer_state = (value for optimizer in trainer.optimizers for state in optimizer.state.values()
+                       for value in state.values() if isinstance(value, torch.Tensor))
+    return tensor_bytes(weights) + tensor_bytes(optimizer_state)
+
+
+def _intact_and_rerun(checkpoints_dir: Path) -> tuple[str, str]:
+    intact, checkpoint = checkpoints_intact(checkpoints_dir)
+    if checkpoint is None:
+        return intact, "re-run the same sft fit"
+    return intact, f"resume the same sft fit with --ckpt_path {checkpoint}"
 
 
 def _replace(partial: str, path: str) -> None:

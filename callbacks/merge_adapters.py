@@ -60,8 +60,9 @@ class MergeAdapters(Callback):
                 load_checkpoint_weights(pl_module, checkpoint_path)
             model, head = pl_module.model, pl_module.head
         weights = f"best checkpoint {checkpoint_path}" if checkpoint_path else "end of fit"
-        self.report = export_model(model, pl_module.tokenizer, output_dir, head=head,
-                                   max_relative_error=self.max_relative_error, weights=weights)
+        checkpoints_dir = getattr(trainer.checkpoint_callback, "dirpath", None)  # named if the disk fills
+        self.report = export_model(model, pl_module.tokenizer, output_dir, head=head, weights=weights,
+                                   max_relative_error=self.max_relative_error, checkpoints_dir=checkpoints_dir)
 
     @staticmethod
     def _unsharded(pl_module, full_state: dict, checkpoint_path: str | None):

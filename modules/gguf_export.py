@@ -25,9 +25,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from core.disk_errors import removed_on_write_fault
 from core.files import write_text_atomically
 from modules.gguf_metadata import GGUFExportError, add_hyperparameters, add_tokenizer, gguf_architecture
 from modules.merging import probe_inputs, probe_logits, relative_error
+from modules.weight_files import check_weight_files
 
 # Logits' relative error measured: f16 4-5e-4 on the tiny test models, 9.4e-4 on SmolLM2-135M;
 # Q8_0 0.8-1.2e-2 tiny, 3.0e-2 on SmolLM2-135M. A wrong Q/K order: weight_error 1.5 (tiny logits only 7e-3).
@@ -128,22 +130,31 @@ def export_gguf(folder: str | Path, out: str | Path, weight_type: str = "f16",
     if weight_type not in FILE_TYPES:
         raise GGUFExportError(f"--type must be one of {', '.join(FILE_TYPES)}, got '{weight_type}'")
     tolerance = MAX_RELATIVE_ERROR[weight_type] if max_relative_error is None else max_relative_error
+    check_weight_files(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     gguf_architecture(model.config)  # the unsupported-architecture error before any file work
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(out.stem + ".partial.gguf")  # transformers' loader wants the .gguf suffix
-    report = {"source": str(folder), "type": weight_type, **write_gguf(model, tokenizer, staging, weight_type),
-              "max_relative_error": tolerance, "bytes": staging.stat().st_size}
-    report.update(measure(staging, model, tokenizer))
-    report["passed"] = report.get("load_error") is None and max(report["relative_error"],
-                                                                report["weight_error"]) <= tolerance
-    final = out if report["passed"] else out.with_name(out.name + ".failed")
-    os.replace(staging, final)
-    report.update(gguf_file=str(final), report=str(report_path(out)))
-    write_text_atomically(report_path(out), json.dumps(report, indent=2) + "\n")
+    rerun = f"re-run sft export-gguf {folder} --out {out} --type {weight_type}"
+    with removed_on_write_fault(staging, "the GGUF file", out, gguf_bytes(model, weight_type),
+                                lambda: (f"the merged folder {folder} is intact", rerun)):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report = {"source": str(folder), "type": weight_type, **write_gguf(model, tokenizer, staging, weight_type),
+                  "max_relative_error": tolerance, "bytes": staging.stat().st_size}
+        report.update(measure(staging, model, tokenizer))
+        report["passed"] = report.get("load_error") is None and max(report["relative_error"],
+                                                                    report["weight_error"]) <= tolerance
+        final = out if report["passed"] else out.with_name(out.name + ".failed")
+        report.update(gguf_file=str(final), report=str(report_path(out)))
+        write_text_atomically(report_path(out), json.dumps(report, indent=2) + "\n")
+        os.replace(staging, final)  # last: the file is in place only with its report beside it
     _announce_or_raise(report)
     return report
+
+
+def gguf_bytes(model, weight_type: str) -> int:
+    """About the file's size: every weight in f16 (2 bytes) or Q8_0 (34 bytes a block of 32)."""
+    return int(sum(parameter.numel() for parameter in model.parameters()) * {"f16": 2, "q8_0": 34 / 32}[weight_type])
 
 
 def measure(path: Path, model, tokenizer) -> dict:

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from core.embedded import resolve_model_path
 from core.tokenizer import explain_load_error
 from modules.quantization import bitsandbytes_config
+from modules.weight_files import check_weight_files
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -32,6 +33,8 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementatio
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
     quantization_config = bitsandbytes_config(quantization)  # no CUDA: stops here, before any download
     resolved = resolve_model_path(name_or_path)
+    if not init_from_config:
+        check_weight_files(resolved)  # a truncated file: one line naming it, not safetensors' own error
     try:
         config = model_config(resolved, config_overrides, trust_remote_code)
         if init_from_config:

@@ -24,6 +24,7 @@ from peft.utils.integrations import dequantize_module_weight
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from core.disk_errors import checkpoints_intact, removed_on_write_fault
 from datamodules.chat_tokens import prompt_ids_for_generation
 from modules.heads.choice_export import CHOICE_HEAD_WEIGHTS, save_choice_head
 
@@ -188,10 +189,25 @@ def save_unmerged_adapter(model, tokenizer, folder: Path, reason: str) -> dict:
 
 # 6. The whole export ------------------------------------------------------------------------------
 def export_model(model, tokenizer, output_dir: str | Path, head=None, max_relative_error: float = 1e-3,
-                 weights: str = "current") -> dict:
-    """Merge (or save the adapter), check, move into place, write ``merge_report.json``; returns it."""
+                 weights: str = "current", checkpoints_dir: str | Path | None = None) -> dict:
+    """Merge (or save the adapter), check, write ``merge_report.json``, move into place; returns the
+    report. A full disk or an unwritable path removes the partial folder and raises one line that
+    names the last checkpoint in ``checkpoints_dir`` (``core/disk_errors.py``)."""
     output_dir = Path(output_dir)
-    staging = _emptied(output_dir.with_name(output_dir.name + ".partial"))
+    staging = output_dir.with_name(output_dir.name + ".partial")
+    with removed_on_write_fault(staging, "the merged model", output_dir, merged_bytes(model),
+                                lambda: _intact_and_rerun(checkpoints_dir)):
+        report = _write_export(model, tokenizer, _emptied(staging), head, max_relative_error, weights)
+        final = output_dir if report["passed"] is not False else output_dir.with_name(output_dir.name + ".failed")
+        report.update(_paths(staging, final, report["merged"]))
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        _replace_folder(staging, final)  # last: a folder without its report is never in place
+    _announce_or_raise(report)
+    return report
+
+
+def _write_export(model, tokenizer, staging: Path, head, max_relative_error: float, weights: str) -> dict:
+    """Everything of the export into ``staging``; the report without its paths."""
     report = {**describe_method(model), "weights": weights, "max_relative_error": max_relative_error}
     reason = unmergeable_reason(model)
     report.update(save_unmerged_adapter(model, tokenizer, staging, reason) if reason
@@ -200,19 +216,27 @@ def export_model(model, tokenizer, output_dir: str | Path, head=None, max_relati
         save_choice_head(head, staging)
     error = report["relative_error"]
     report["passed"] = None if error is None else error <= max_relative_error
-    final = output_dir if report["passed"] is not False else output_dir.with_name(output_dir.name + ".failed")
-    _replace_folder(staging, final)
-    report.update(_paths(final, report["merged"]))
-    (final / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    _announce_or_raise(report)
     return report
 
 
-def _paths(final: Path, merged: bool) -> dict:
-    choice_head = final / CHOICE_HEAD_WEIGHTS
+def merged_bytes(model) -> int:
+    """About the merged folder's size: every weight in float32, as ``save_merged`` writes it (a
+    4-bit base counts its packed bytes here, so it needs up to 8 times this)."""
+    return 4 * sum(parameter.numel() for parameter in model.parameters())
+
+
+def _intact_and_rerun(checkpoints_dir) -> tuple[str, str]:
+    """A fit resumed from its final checkpoint stops before the merge (nothing left to train), and no
+    command merges a checkpoint on its own yet: the way to the merged folder is the fit again."""
+    intact, _ = checkpoints_intact(checkpoints_dir)
+    return intact, "re-run the same sft fit (no command redoes only the merge yet)"
+
+
+def _paths(staging: Path, final: Path, merged: bool) -> dict:
+    has_choice_head = (staging / CHOICE_HEAD_WEIGHTS).is_file()
     return {"output_dir": str(final), "model_dir": str(final) if merged else None,
             "adapter_dir": None if merged else str(final / "adapter"),
-            "choice_head": str(choice_head) if choice_head.is_file() else None}
+            "choice_head": str(final / CHOICE_HEAD_WEIGHTS) if has_choice_head else None}
 
 
 def _announce_or_raise(report: dict) -> None:
