@@ -17,13 +17,16 @@ from callbacks.merge_adapters import MergeAdapters
 from callbacks.numerics import Numerics
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.progress import ProgressReport
+from callbacks.resume_checks import ResumeChecks
 from callbacks.run_summary import RunSummary
 from callbacks.throughput import SFTThroughputMonitor
 from callbacks.validation_answers import ValidationAnswers
 from core.checkpoint_file import read_checkpoint
 from datamodules.sft_datamodule import SFTDataModule
+from datamodules.training_data import new_training_data, saved_fingerprint
 from lightning_app import quiet
 from lightning_app.run_dirs import newest_last_checkpoint, version_of_checkpoint
+from modules.checkpoint_settings import refuse_other_settings
 from modules.precision import choose_precision, precision_warning, probe, probe_kind
 from modules.resume import nothing_left_to_train
 from modules.sft_module import SFTModule
@@ -40,6 +43,7 @@ ALWAYS_ON_CALLBACKS = {
     "checkpoint": SFTCheckpoint,  # ModelCheckpoint + last.ckpt on SIGTERM and mid-epoch whatever the monitor
     "numerics": Numerics,
     "exact_resume": ExactResume,  # random state in checkpoints: a resumed fit draws the same dropout masks
+    "resume_checks": ResumeChecks,  # model settings in checkpoints; new training data starts at its first record
     "lr_monitor": LearningRateMonitor,
     "predictions": PredictionWriter,
     "data_stats": DataStatsLogger,
@@ -96,6 +100,21 @@ class SFTCLI(LightningCLI):
         if resume:
             logger_args.version = version_of_checkpoint(checkpoint)
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        self._refuse_a_checkpoint_that_differs()
+
+    def _refuse_a_checkpoint_that_differs(self) -> None:
+        """A checkpoint trained with other model settings (any subcommand), or on other training data (a
+        resumed fit), stops the run here in one line: before a model loads or anything is written."""
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        checkpoint = read_checkpoint(ckpt_path)
+        refuse_other_settings(ckpt_path, checkpoint, self.model)
+        if self.subcommand == "fit":
+            new_training_data(ckpt_path, saved_fingerprint(checkpoint, self.datamodule), self.datamodule)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # None: run=False
         self._set_precision_for_the_machine(config.trainer)
@@ -124,8 +143,24 @@ class SFTCLI(LightningCLI):
         elif warning := precision_warning(trainer_config.precision, kind, capabilities):
             rank_zero_warn(warning)
 
+    def _read_the_stage_files(self) -> None:
+        """The subcommand's data files are read, checked and tokenized before the trainer starts: a bad
+        file then stops the run before Lightning's logger creates the run folder (the datamodule keeps
+        what it built, so the trainer's own ``setup`` call finds it done)."""
+        self.datamodule.setup(self.subcommand)
+
+    def before_validate(self) -> None:
+        self._read_the_stage_files()
+
+    def before_test(self) -> None:
+        self._read_the_stage_files()
+
+    def before_predict(self) -> None:
+        self._read_the_stage_files()
+
     def before_fit(self) -> None:
         """A resume with no budget left stops here, before config.yaml, logs or an export are written."""
+        self._read_the_stage_files()
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
             reason = nothing_left_to_train(ckpt_path, self.trainer)

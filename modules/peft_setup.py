@@ -48,6 +48,23 @@ def prepare_peft_config(peft_config: PeftConfig) -> PeftConfig:
     return config
 
 
+POSITIVE_COUNTS = ("r", "init_r", "target_r", "num_virtual_tokens")  # ranks and prompt lengths
+
+
+def check_peft_settings(peft_config: PeftConfig | None) -> None:
+    """A rank or prompt length below 1 is refused when the config is read: peft itself only refuses it
+    once the model is loaded and the run folder made.
+
+    >>> check_peft_settings(LoraConfig(r=-4))
+    Traceback (most recent call last):
+    ValueError: model.peft_config.init_args.r must be a whole number of at least 1, got -4
+    """
+    for name in POSITIVE_COUNTS:
+        value = getattr(peft_config, name, None)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"model.peft_config.init_args.{name} must be a whole number of at least 1, got {value}")
+
+
 def apply_peft(model, peft_config: PeftConfig | None, new_token_ids: list[int] = ()):
     """No config means full fine-tuning: the model is returned with every weight trainable.
     ``new_token_ids`` (tokens added for the chat template, with untrained embeddings) are trained

@@ -43,7 +43,7 @@ from modules.kernels import apply_liger_kernels, require_liger
 from modules.loading import Dtype, follow_tokenizer, load_causal_lm
 from modules.optim import Schedule, one_dimensional_names, parameter_groups, schedule, with_fused_step
 from modules.adalora_budget import AdaLoraBudget
-from modules.peft_setup import apply_peft, trainable_parameter_counts
+from modules.peft_setup import apply_peft, check_peft_settings, trainable_parameter_counts
 from modules.quantization import (
     Quantization,
     prepare_for_kbit_training,
@@ -138,6 +138,7 @@ class SFTModule(L.LightningModule):
                 f"model.quantization: {quantization} needs a model.peft_config: quantized base weights cannot be "
                 "trained, only an adapter on top of them (e.g. peft.LoraConfig, which makes it QLoRA)"
             )
+        check_peft_settings(peft_config)
         # Only the base model's name is saved: with --ckpt_path, LightningCLI puts saved hyperparameters
         # over the config and the command line, and every other setting (generation, schedule, dtype,
         # init_from_config) must stay the user's to change between fit and predict.
