@@ -14,7 +14,6 @@ from datamodules.batching import (
     InOrderBatchSampler,
     LengthGroupedBatchSampler,
     TypeGroupedBatchSampler,
-    resume_position,
 )
 from datamodules.collate import PromptCollator, training_collator
 from datamodules.packing import PackedCollator, TokenBudgetBatchSampler
@@ -25,6 +24,7 @@ from datamodules.mixing import Mixture, TrainSource, check_sources, read_mixture
 from datamodules.normalize import ConversationSpec, read_records
 from datamodules.preprocess import TokenStats, build_prompt_examples, build_training_examples
 from datamodules.token_cache import cached_split, default_cache_dir, split_key
+from datamodules.training_data import STATE_KEY, fingerprint, new_training_data, position_in_data
 from datamodules.truncation import Truncation
 from core.tokenizer import load_tokenizer
 
@@ -60,6 +60,7 @@ class SFTDataModule(L.LightningDataModule):
         answer_batch_size: int = 256,
         num_workers: int = 0,
         cache_tokens: bool = True,
+        resume_on_new_data: bool = False,
         tokenizer_name_or_path: str | None = None,
         trust_remote_code: bool = False,
         chat_template: str | None = None,
@@ -110,6 +111,9 @@ class SFTDataModule(L.LightningDataModule):
             cache_tokens: Keep each split's tokens on disk ($SFT_TOKEN_CACHE, else
                 ~/.cache/lightning-sft/tokens), keyed by the records, the tokenizer and the options, so the
                 next run over the same data skips tokenising.
+            resume_on_new_data: Resume a fit (--ckpt_path) on training records other than the checkpoint's:
+                its weights, optimizer and step go on, and the new data trains from its first record.
+                Without it such a resume stops and says so (it would skip the new data's first records).
             tokenizer_name_or_path: Set from model.model_name_or_path; do not set it in YAML.
             trust_remote_code: Set from model.trust_remote_code; do not set it in YAML.
             chat_template: Set from model.chat_template; do not set it in YAML.
@@ -145,6 +149,10 @@ class SFTDataModule(L.LightningDataModule):
         self.answer_batch_size = answer_batch_size
         self.num_workers = num_workers
         self.token_cache_dir = default_cache_dir() if cache_tokens else None
+        self.resume_on_new_data = resume_on_new_data
+        self.train_started_at_step = 0  # the global step the training records started at (a resume on new data)
+        self.new_data_at_resume = False  # the restored epoch then counts none of its batches as trained
+        self._train_fingerprint: dict | None = None
         self.tokenizer_name_or_path = tokenizer_name_or_path
         self.trust_remote_code = trust_remote_code
         self.chat_template = chat_template
@@ -185,6 +193,28 @@ class SFTDataModule(L.LightningDataModule):
             else:
                 self._records[split] = read_records(self.split_path(split), self.spec)
         return self._records[split]
+
+    def train_fingerprint(self) -> dict:
+        """The training records' count and sha256, which checkpoints keep (datamodules/training_data.py)."""
+        if self._train_fingerprint is None:
+            self._train_fingerprint = fingerprint(self.records("train"))
+        return self._train_fingerprint
+
+    def state_dict(self) -> dict:
+        if "train" not in self._records:  # not fitting
+            return {}
+        return {STATE_KEY: {**self.train_fingerprint(), "started_at_step": self.train_started_at_step,
+                            "global_step": self.trainer.global_step if self.trainer is not None else 0}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resumed fit on the checkpoint's training data goes on where it stopped; on other data it stops
+        (the CLI says so before anything is written) unless ``resume_on_new_data``."""
+        fitting = self.trainer is not None and self.trainer.state.fn == "fit"
+        if not fitting or STATE_KEY not in state:
+            return
+        saved = state[STATE_KEY]
+        self.new_data_at_resume = new_training_data(self.trainer.ckpt_path, saved, self)
+        self.train_started_at_step = saved["global_step"] if self.new_data_at_resume else saved["started_at_step"]
 
     def training_examples(self, split: str):
         """Tokenized, masked examples of a split (built once), with their statistics logged."""
@@ -265,8 +295,8 @@ class SFTDataModule(L.LightningDataModule):
         else:
             batches = EpochBatchSampler(len(examples), self.batch_size, seed, **ranks)
         if self.trainer is not None:  # a resumed fit carries on where its epoch stopped
-            batches.resume_at(*resume_position(self.trainer.current_epoch, self.trainer.global_step,
-                                               len(batches), accumulate))
+            batches.resume_at(*position_in_data(self.train_started_at_step, self.trainer.current_epoch,
+                                                self.trainer.global_step, len(batches), accumulate))
         loader = DataLoader(examples.with_format(None), batch_sampler=batches, collate_fn=collator,
                             num_workers=self.num_workers)
         return StepTokenCounts(loader, accumulate)

@@ -55,10 +55,23 @@ def split_key(kind: str, records: list[Record], messages_of: Callable[[Record], 
     (``messages_of`` picks the conversation), the tokenizer and the options: 64 hex digits."""
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, kind, options], sort_keys=True).encode())
     digest.update(tokenizer_digest(tokenizer).encode())
+    _add_records(digest, records, messages_of)
+    return digest.hexdigest()
+
+
+def records_digest(records: list[Record], messages_of: Callable[[Record], list]) -> str:
+    """The records alone, hashed as ``split_key`` hashes them (in order): 64 hex digits. What a
+    checkpoint keeps of its training data (datamodules/training_data.py): unlike the cache key it
+    does not change with the tokenizer, the options or ``CACHE_VERSION``."""
+    digest = hashlib.sha256()
+    _add_records(digest, records, messages_of)
+    return digest.hexdigest()
+
+
+def _add_records(digest, records: list[Record], messages_of: Callable[[Record], list]) -> None:
     for record in records:
         fields = [record.id, record.type, messages_of(record), record.tools, record.num_choices, record.choice_label]
         digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
 
 
 def cached_split(cache_dir: Path | None, key: str, build: Callable[[], tuple[datasets.Dataset, Any]],

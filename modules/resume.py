@@ -14,7 +14,8 @@ Two more things a resume with a larger budget needs: the train loader built afte
 (``rebuild_train_loader_after_restore``), and the learning rate of the new, longer schedule
 (``follow_current_schedule``). ``nothing_left_to_train`` reads a checkpoint before a resumed fit
 starts: Lightning would otherwise "resume" into a run that stops at once, exits 0 and still writes
-its config, a merged export and a summary.
+its config, a merged export and a summary. ``restart_the_epoch`` starts new training data at its
+first batch (datamodules/training_data.py).
 """
 
 from dataclasses import dataclass
@@ -70,6 +71,23 @@ def count_the_next_epoch(trainer) -> None:
     if (fit_loop.restarted_mid_epoch and fit_loop.epoch_loop.restarted_on_train_batch_end
             and fit_loop.epoch_loop.batch_progress.is_last_batch):  # the case FitLoop.reset turned into "epoch done"
         fit_loop.reset_restart_stage()
+
+
+def restart_the_epoch(trainer) -> None:
+    """Count none of the restored epoch's batches as trained (call from ``on_train_start``): a fit
+    resumed mid-epoch on new training data (``data.resume_on_new_data``) trains the new data's whole
+    first epoch from its first batch, rather than only the batches past the old data's position.
+
+    Only the epoch's batch counts move back, by the batches the old data trained in it; the totals
+    (which decide the restart stage), the step and the epoch count stay. A checkpoint saved on the
+    epoch's last batch needs nothing: the next epoch starts afresh anyway.
+    """
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    if batches.is_last_batch:
+        return
+    trained = batches.current.processed
+    for stage in ("ready", "started", "processed", "completed"):
+        setattr(batches.current, stage, getattr(batches.current, stage) - trained)
 
 
 def rebuild_train_loader_after_restore(trainer) -> None:
