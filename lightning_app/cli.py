@@ -22,6 +22,7 @@ from callbacks.run_summary import RunSummary
 from callbacks.throughput import SFTThroughputMonitor
 from callbacks.validation_answers import ValidationAnswers
 from core.checkpoint_file import read_checkpoint
+from core.embedded import resolve_model_path
 from datamodules.sft_datamodule import SFTDataModule
 from datamodules.training_data import new_training_data, saved_fingerprint
 from lightning_app import quiet
@@ -30,6 +31,7 @@ from modules.checkpoint_settings import refuse_other_settings
 from modules.precision import choose_precision, precision_warning, probe, probe_kind
 from modules.resume import nothing_left_to_train
 from modules.sft_module import SFTModule
+from modules.weight_files import check_weight_files
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -144,10 +146,13 @@ class SFTCLI(LightningCLI):
             rank_zero_warn(warning)
 
     def _read_the_stage_files(self) -> None:
-        """The subcommand's data files are read, checked and tokenized before the trainer starts: a bad
-        file then stops the run before Lightning's logger creates the run folder (the datamodule keeps
-        what it built, so the trainer's own ``setup`` call finds it done)."""
+        """The subcommand's data files are read, checked and tokenized, and the model folder's weight
+        files checked, before the trainer starts: a bad file then stops the run before Lightning's
+        logger creates the run folder (the datamodule keeps what it built, so the trainer's own
+        ``setup`` call finds it done)."""
         self.datamodule.setup(self.subcommand)
+        if not self.model.init_from_config:
+            check_weight_files(resolve_model_path(self.model.model_name_or_path))
 
     def before_validate(self) -> None:
         self._read_the_stage_files()

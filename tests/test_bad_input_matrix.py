@@ -1,5 +1,7 @@
 """Every kind of bad input a user hands the CLI, in one table: data files, settings, checkpoints, model
-folders, GGUF files, full disks, resumes on other data, checkpoints that disagree with the config.
+folders, resumes on other data, checkpoints that disagree with the config. (A full disk or an
+unwritable path needs a simulated fault and a broken GGUF the embedded model's cache: those rows are
+tests/test_io_faults.py's, held to the same four checks.)
 
 Each row ends the same way: exit code 2, one ``error:`` line that names the path it is about and says
 what to do, no traceback, and nothing new under the run folder (no config.yaml, no checkpoint, no
@@ -9,6 +11,7 @@ table is the promise that no kind was forgotten.
 """
 
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +40,16 @@ class World:
     folder: Path
     options: list[str]
     checkpoint: Path
+    model_dir: Path
+
+    def model_copy(self, name: str, weights: bytes | None) -> str:
+        """The tiny model's folder copied, its model.safetensors replaced by ``weights`` (None: removed)."""
+        copy = self.folder / "inputs" / name
+        shutil.copytree(self.model_dir, copy, dirs_exist_ok=True)
+        (copy / "model.safetensors").unlink()
+        if weights is not None:
+            (copy / "model.safetensors").write_bytes(weights)
+        return str(copy)
 
     def file(self, name: str, content: bytes) -> Path:
         path = self.folder / "inputs" / name
@@ -60,7 +73,8 @@ def world(tiny_model_dir, tmp_path_factory) -> World:
                "--model.generation.max_new_tokens", "4", "--merge.enabled", "false",
                "--model.peft_config", "peft.LoraConfig", "--model.peft_config.init_args.r", "4"]
     main(["fit", *options, "--trainer.max_steps", "2"])
-    return World(folder, options, folder / "runs" / "qa" / "version_0" / "checkpoints" / "last.ckpt")
+    return World(folder, options, folder / "runs" / "qa" / "version_0" / "checkpoints" / "last.ckpt",
+                 Path(tiny_model_dir))
 
 
 def half_of(path: Path) -> bytes:
@@ -87,6 +101,13 @@ CASES = {
     "model: a folder that does not exist": Case(
         lambda w: ["fit", *w.options, "--model.model_name_or_path", str(w.folder / "inputs" / "no-model")],
         lambda w: str(w.folder / "inputs" / "no-model"), "no-model"),
+    "model: truncated weights": Case(
+        lambda w: ["fit", *w.options, "--model.model_name_or_path",
+                   w.model_copy("half-model", half_of(w.model_dir / "model.safetensors"))],
+        lambda w: str(w.folder / "inputs" / "half-model" / "model.safetensors"), "download or export the model again"),
+    "model: a folder without weights": Case(
+        lambda w: ["predict", *w.options, "--model.model_name_or_path", w.model_copy("no-weights", None)],
+        lambda w: str(w.folder / "inputs" / "no-weights"), "has no weights file"),
     "checkpoint: missing": Case(
         lambda w: ["predict", *w.options, "--ckpt_path", str(w.folder / "inputs" / "gone.ckpt")],
         lambda w: str(w.folder / "inputs" / "gone.ckpt"), "no such checkpoint file"),
@@ -96,6 +117,14 @@ CASES = {
     "checkpoint: a JSON Lines file": Case(
         lambda w: ["test", *w.options, "--ckpt_path", str(w.file("data.ckpt", json.dumps(QA_RECORDS[0]).encode()))],
         lambda w: str(w.folder / "inputs" / "data.ckpt"), "not a PyTorch checkpoint"),
+    "checkpoint: another LoRA rank than the config's": Case(
+        lambda w: ["validate", *w.options, "--data.val_path", w.options[w.options.index("--data.train_path") + 1],
+                   "--model.peft_config.init_args.r", "8", "--ckpt_path", str(w.checkpoint)],
+        lambda w: str(w.checkpoint), "r=4; this config has r=8"),
+    "resume: other training data": Case(
+        lambda w: ["fit", *w.options, "--trainer.max_steps", "4", "--ckpt_path", str(w.checkpoint), "--data.train_path",
+                   write_jsonl(w.folder / "inputs" / "other.jsonl", QA_RECORDS[:6])],
+        lambda w: str(w.checkpoint), "--data.resume_on_new_data true"),
 }
 
 
@@ -123,4 +152,4 @@ def test_bad_input_ends_in_one_line_naming_the_path(name, world, monkeypatch, ca
 
 def test_the_matrix_covers_every_kind_the_issue_names():
     kinds = {name.split(":")[0] for name in CASES}
-    assert {"data", "config", "model", "checkpoint"} <= kinds
+    assert {"data", "config", "model", "checkpoint", "resume"} <= kinds
