@@ -49,7 +49,7 @@ def test_multi_loss_is_the_weighted_sum_of_its_parts(tiny_model_dir, tmp_path):
     module = sft_module(tiny_model_dir, head=MultiHead(lm_weight=0.3, choice_weight=2.0))
     losses = module.head.training_loss(module.model, typed_batch(tiny_model_dir, tmp_path, TYPED_RECORDS))
     torch.testing.assert_close(losses["loss"], 0.3 * losses["lm_loss"] + 2.0 * losses["choice_loss"])
-    assert float(losses["lm_loss"]) > 0 and float(losses["choice_loss"]) > 0
+    assert float(losses["lm_loss"].detach()) > 0 and float(losses["choice_loss"].detach()) > 0
 
 
 @pytest.mark.numerics
