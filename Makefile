@@ -21,7 +21,7 @@ demo: venv
 
 # The suite, then its numerical tests once more on AVX2 kernels where this CPU has more (tests/other_cpu.py).
 test: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 	$(BIN)/python -m tests.other_cpu
 
 clean:
