@@ -33,6 +33,9 @@ THIRD_PARTY_WARNINGS = [
 # (logger, start of the message, why)
 THIRD_PARTY_LOG_LINES = [
     ("lightning.pytorch.utilities.rank_zero", "💡 Tip:", "an advertisement for a cloud logger"),
+    ("lightning.pytorch.utilities.rank_zero", "TPU available:", "this project trains on CPUs and CUDA GPUs only"),
+    ("lightning.pytorch.utilities.rank_zero", "Loading `train_dataloader` to estimate number of stepping batches",
+     "Lightning counting the steps for the learning-rate schedule; the progress line shows the count"),
     ("torch.utils.cpp_extension", "No CUDA runtime is found",
      "a CUDA build of torch on a machine without a GPU, said when the compiler imports its C++ helpers"),
 ]
