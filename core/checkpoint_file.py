@@ -39,6 +39,19 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def newest_readable(paths) -> tuple[Path | None, dict | None, list[str]]:
+    """The newest of ``paths`` (by modification time) that reads as a checkpoint, its contents, and
+    why each newer one was passed over (a disk that filled, a copy cut short); (None, None, reasons)
+    if none reads."""
+    passed_over = []
+    for path in sorted(paths, key=lambda file: Path(file).stat().st_mtime, reverse=True):
+        try:
+            return Path(path), read_checkpoint(path), passed_over
+        except CheckpointError as error:
+            passed_over.append(str(error).split("; ")[0])
+    return None, None, passed_over
+
+
 def _load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)

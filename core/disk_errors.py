@@ -44,16 +44,12 @@ def readable_size(size: int) -> str:
 def last_complete_checkpoint(folder: str | Path | None) -> tuple[Path, int] | None:
     """The newest ``*.ckpt`` in ``folder`` that reads as a checkpoint, and its global step (the
     ``*.partial`` ones being written are not ``*.ckpt``); None if there is none."""
-    from core.checkpoint_file import CheckpointError, read_checkpoint  # torch.load: only when asked
+    from core.checkpoint_file import newest_readable  # torch.load: only when asked
 
     if folder is None or not Path(folder).is_dir():
         return None
-    for path in sorted(Path(folder).glob("*.ckpt"), key=lambda file: file.stat().st_mtime, reverse=True):
-        try:
-            return path, int(read_checkpoint(path).get("global_step", 0))
-        except CheckpointError:
-            continue
-    return None
+    path, checkpoint, _ = newest_readable(Path(folder).glob("*.ckpt"))
+    return None if path is None else (path, int(checkpoint.get("global_step", 0)))
 
 
 def checkpoints_intact(folder: str | Path | None) -> tuple[str, Path | None]:

@@ -7,31 +7,25 @@ a resumed ``fit`` keeps writing into that version's directory.
 
 from pathlib import Path
 
-from core.checkpoint_file import CheckpointError, read_checkpoint
+from core.checkpoint_file import CheckpointError, newest_readable
 
 
 def newest_last_checkpoint(save_dir: str, name: str) -> Path:
     """The newest readable ``last*.ckpt`` of the run name; an unreadable newer one (a disk that filled,
     a copy cut short) is passed over with one line saying so."""
-    candidates = sorted(Path(save_dir, name).glob("version_*/checkpoints/last*.ckpt"),
-                        key=lambda path: path.stat().st_mtime, reverse=True)
+    candidates = list(Path(save_dir, name).glob("version_*/checkpoints/last*.ckpt"))
     if not candidates:
         raise FileNotFoundError(
             f"--ckpt_path last: no checkpoint found under {Path(save_dir, name)}/version_*/checkpoints/; "
             "run `sft fit` first or pass a checkpoint file"
         )
-    problems = []
-    for candidate in candidates:
-        try:
-            read_checkpoint(candidate)
-        except CheckpointError as error:
-            problems.append(str(error).split("; ")[0])
-            continue
-        for problem in problems:
-            print(f"--ckpt_path last: passed over {problem}; using {candidate}")
-        return candidate
-    raise CheckpointError(f"--ckpt_path last: none of the checkpoints under {Path(save_dir, name)} can be read: "
-                          + " | ".join(problems))
+    checkpoint, _, passed_over = newest_readable(candidates)
+    if checkpoint is None:
+        raise CheckpointError(f"--ckpt_path last: none of the checkpoints under {Path(save_dir, name)} can be read: "
+                              + " | ".join(passed_over))
+    for problem in passed_over:
+        print(f"--ckpt_path last: passed over {problem}; using {checkpoint}")
+    return checkpoint
 
 
 def version_of_checkpoint(checkpoint: Path) -> str | None:
