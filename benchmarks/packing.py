@@ -70,9 +70,9 @@ def run_steps(args) -> dict:
     from datamodules.packing import TokenBudgetBatchSampler
     from datamodules.sft_datamodule import SFTDataModule
     from modules.heads import LMHead
-    from modules.loading import load_causal_lm
-    from modules.peft_setup import apply_peft
-    from modules.precision import choose_precision, probe, probe_kind
+    from modules.backbone.loading import load_causal_lm
+    from modules.peft.wrapping import apply_peft
+    from modules.training.precision import choose_precision, probe, probe_kind
 
     options = {"padded": {}, "packed": {"padding_free": True},
                "packed-budget": {"padding_free": True, "max_tokens_per_batch": args.max_tokens},

@@ -44,8 +44,8 @@ def one_by_one(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) 
 
 
 def recording_decode(recorded: dict):
-    """``modules.generation``'s decode, also keeping each prompt's new token ids (to compare them)."""
-    import modules.generation as generation
+    """``modules.generation.plan``'s decode, also keeping each prompt's new token ids (to compare them)."""
+    import modules.generation.plan as generation
 
     decode = generation.decode
 
@@ -82,7 +82,7 @@ def table(rows: list[tuple], identical: int, total: int) -> str:
 
 def main() -> None:
     from datamodules.sft_datamodule import SFTDataModule
-    from modules.generation import GenerationSettings
+    from modules.generation.plan import GenerationSettings
     from modules.sft_module import SFTModule
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -20,9 +20,9 @@ import torch
 from peft import LoraConfig
 
 from core.constants import IGNORE_INDEX
+from modules.backbone.loading import load_causal_lm
 from modules.heads.kept_logits import forward_keeping, next_token_labels
-from modules.loading import load_causal_lm
-from modules.peft_setup import apply_peft
+from modules.peft.wrapping import apply_peft
 
 
 def peak_memory_mib(device: str) -> float:

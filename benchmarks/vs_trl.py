@@ -15,7 +15,7 @@ chat template rendered by each trainer itself, answers-only loss (TRL's prompt-c
 micro-batches of ``--batch`` with ``--accumulate`` of them per optimizer step, ``--max-length``,
 AdamW at ``--lr`` with a constant schedule, no weight decay and gradients clipped at norm 1
 (TRL's defaults), one epoch, the precision this project chooses for the machine
-(``modules/precision.py``; TRL gets ``bf16=True`` where that is bf16-mixed). Real tokens
+(``modules/training/precision.py``; TRL gets ``bf16=True`` where that is bf16-mixed). Real tokens
 are the non-padding tokens of the trained examples (the same count on both sides); TRL's time is
 its ``train_runtime``, ours the epoch's training time from ``summary.json``.
 """
@@ -60,7 +60,7 @@ def loss_on_records(model, tokenizer, train_path: str, bf16: bool, max_length: i
 
     from datamodules.chat_tokens import tokenize_conversation
     from datamodules.normalize import ConversationSpec, read_records
-    from modules.compiling import eager_generation
+    from modules.speed.compiling import eager_generation
 
     total, count = 0.0, 0
     model.eval()
@@ -88,7 +88,7 @@ def run_trl(args) -> dict:
     from core.embedded import resolve_model_path
     from core.tokenizer import load_tokenizer
     from datamodules.normalize import ConversationSpec, read_records
-    from modules.precision import choose_precision, probe, probe_kind
+    from modules.training.precision import choose_precision, probe, probe_kind
 
     torch.manual_seed(args.seed)
     records = read_records(args.train_path, ConversationSpec("typed"))

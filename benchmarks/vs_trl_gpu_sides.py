@@ -102,7 +102,7 @@ def run_trl(spec: dict) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from core.tokenizer import load_tokenizer
-    from modules.loading import load_causal_lm
+    from modules.backbone.loading import load_causal_lm
 
     method_config = yaml.safe_load(Path(spec["method_config"]).read_text())
     model_settings, cuda = method_config["model"], spec["device"] == "cuda"

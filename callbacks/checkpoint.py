@@ -10,7 +10,7 @@
 
    The save lands between optimizer steps: optimizer and weights are as the last step left them.
    A SIGTERM inside an accumulation window drops that window's gradients, and the module's
-   ``on_save_checkpoint`` (``modules/resume.py``) counts the epoch's batches up to the last step
+   ``on_save_checkpoint`` (``modules/training/resume.py``) counts the epoch's batches up to the last step
    only, so the resumed run replays the window's micro-batches (``--ckpt_path last``).
 
 2. **Mid-epoch ``last.ckpt`` whatever the monitor.** With ``every_n_train_steps`` and a monitor

@@ -15,7 +15,7 @@ run's training draws, and the two runs take the same path from the checkpoint's 
 Under data parallelism the checkpoint holds rank 0's state, which every rank restores.
 
 2. A checkpoint saved after an epoch's last batch, before the epoch ended: Lightning counts that
-epoch as done on resume but not the next one as started (``modules.resume.count_the_next_epoch``).
+epoch as done on resume but not the next one as started (``modules.training.resume.count_the_next_epoch``).
 """
 
 import random
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from modules.resume import count_the_next_epoch
+from modules.training.resume import count_the_next_epoch
 
 
 def random_state() -> dict:

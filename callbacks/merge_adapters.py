@@ -2,10 +2,10 @@
 
 Serving a PEFT run's adapter needs peft and the exact base; the folder this writes loads with plain
 ``AutoModelForCausalLM.from_pretrained`` (tokenizer, chat template and any choice head included).
-The merge, the logit check and the failure policy live in ``modules/merging.py``; this callback
+The merge, the logit check and the failure policy live in ``modules/export/hf_folder.py``; this callback
 picks the weights (the best checkpoint by default) and calls it on rank 0. Under FSDP or DeepSpeed
 ZeRO-3 no rank holds whole weights: every rank takes part in gathering them onto rank 0's CPU, which
-rebuilds a plain copy of the model and exports that (``modules/sharding.py``).
+rebuilds a plain copy of the model and exports that (``modules/training/sharding.py``).
 """
 
 from pathlib import Path
@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from modules.checkpoint_keys import check_checkpoint_keys
-from modules.merging import export_model
-from modules.sharding import gathered_full_state, refuse_merge_from_checkpoint_folders, shards_parameters, unsharded_copy
+from modules.export.hf_folder import export_model
+from modules.peft.checkpoint_keys import check_checkpoint_keys
+from modules.training.sharding import gathered_full_state, refuse_merge_from_checkpoint_folders, shards_parameters, unsharded_copy
 
 
 class MergeAdapters(Callback):

@@ -10,7 +10,7 @@ best checkpoint by a task metric. A few prompts with their answers go to TensorB
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import move_data_to_device
 
-from modules.answer_merging import adapters_merged
+from modules.generation.merged_adapters import adapters_merged
 
 
 
@@ -48,7 +48,7 @@ class ValidationAnswers(Callback):
     def _answers(self, trainer, pl_module) -> list[dict]:
         """Generated as ``sft test`` generates them: adapters merged, in the run's precision (this hook
         runs outside Lightning's autocast, and a bf16-mixed LoRA fit keeps its frozen weights in bf16:
-        modules/frozen_weights.py); training goes on from exactly the weights it had
+        modules/speed/frozen_weights.py); training goes on from exactly the weights it had
         (``restore_exactly``)."""
         answers = []
         with adapters_merged(pl_module.model, restore_exactly=True), trainer.precision_plugin.forward_context():

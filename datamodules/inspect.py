@@ -12,7 +12,7 @@ from core.errors import RecordError
 from core.files import write_text_atomically
 from datamodules.mixing import source_spec
 from datamodules.normalize import record_errors
-from datamodules.records import load_records
+from datamodules.record_loading import load_records
 
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 

@@ -18,7 +18,7 @@ from typing import Any
 from core.errors import MissingFieldError, RecordError
 from core.record import DEFAULT_METRIC, Record
 from datamodules.formats import FORMAT_QUESTION_TYPES, FieldReader, split_prompt, to_messages, tools_of
-from datamodules.records import RowLocator, load_records
+from datamodules.record_loading import RowLocator, load_records
 from datamodules.references import reference_of
 
 ID_FIELDS = ("id", "unique_id")  # Math500 calls its id unique_id

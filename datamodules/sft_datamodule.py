@@ -1,5 +1,7 @@
 """The LightningDataModule: record files → chat-template tokens with answer-only labels."""
 
+import inspect
+from collections.abc import Mapping
 from dataclasses import asdict
 
 import lightning as L
@@ -36,6 +38,19 @@ STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)
 
 
 class SFTDataModule(L.LightningDataModule):
+    SPEC_OPTIONS = ("format", "fields", "system_prompt", "train_on", "metric", "roles")
+
+    @classmethod
+    def spec_from_options(cls, options: Mapping) -> ConversationSpec:
+        """How records are read, from ``data`` options (a config's section, CLI flags): the one way from
+        options to a spec, for this module and for ``sft score`` / ``sft report``, so an option added
+        here reaches both. Options not given (or None) take this class's own defaults."""
+        parameters = inspect.signature(cls.__init__).parameters
+        chosen = {name: parameters[name].default for name in cls.SPEC_OPTIONS}
+        chosen.update({name: options[name] for name in cls.SPEC_OPTIONS if options.get(name) is not None})
+        return ConversationSpec(chosen["format"], dict(chosen["fields"] or {}), chosen["system_prompt"],
+                                chosen["train_on"], chosen["metric"], dict(chosen["roles"] or {}))
+
     def __init__(
         self,
         train_path: str | list[TrainSource] | None = None,
@@ -122,7 +137,8 @@ class SFTDataModule(L.LightningDataModule):
         if isinstance(train_path, list):  # saved as plain dicts: LightningCLI reads checkpoints with weights_only
             train_path = [asdict(s) if isinstance(s, TrainSource) else dict(s) for s in train_path]
         self.save_hyperparameters()
-        self.spec = ConversationSpec(format, dict(fields or {}), system_prompt, train_on, metric, dict(roles or {}))
+        self.spec = self.spec_from_options(dict(format=format, fields=fields, system_prompt=system_prompt,
+                                                train_on=train_on, metric=metric, roles=roles))
         self.train_sources = None  # a list: a mixture of sources, each with its own format
         if isinstance(train_path, list):
             self.train_sources = [TrainSource(**source) for source in train_path]

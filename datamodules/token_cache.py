@@ -27,7 +27,7 @@ from typing import Any
 import datasets
 
 from core.record import Record
-from datamodules.records import quiet_datasets
+from datamodules.record_loading import quiet_datasets
 
 CACHE_VERSION = 2  # 2: keep_answer leaves a too-long answer half of max_length
 ENVIRONMENT_VARIABLE = "SFT_TOKEN_CACHE"

@@ -11,7 +11,7 @@ A resumed fit compares the checkpoint's fingerprint with its own data before any
 - other records stop the run with one line naming the checkpoint and the record counts, unless
   ``data.resume_on_new_data``: the checkpoint's weights, optimizer and step are kept and the new
   data trains from its first record, in the batch order a fresh fit on it draws (its first epoch
-  starts at the resume: ``modules.resume.restart_the_epoch``); a later resume counts its position
+  starts at the resume: ``modules.training.resume.restart_the_epoch``); a later resume counts its position
   from the step it started at.
 
 Checkpoints written before the fingerprint carry none and resume as before.

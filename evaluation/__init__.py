@@ -1,1 +1,7 @@
-"""Evaluation: metrics per question type, and running generated code safely."""
+"""Scoring answers against ``Record``s, and reports; reads records and answers, never the CLI.
+
+- ``answer_extraction.py`` (the scored part of a generated text), ``metrics.py``, ``scoring.py``.
+- ``code_execution.py`` over ``sandbox.py`` / ``sandbox_launcher.py``: generated code run safely.
+- ``answer_files.py`` and ``answer_journal.py``: answers written whole, and kept across a kill.
+- ``report.py``, ``curves.py``, ``run_table.py``: base vs tuned, loss curves, run tables.
+"""

@@ -2,7 +2,7 @@
 
 torchmetrics computes what it has (ROUGE, SQuAD, means); math equivalence is ``math_verify``'s;
 pass@k comes from ``code_execution.py``, which runs the code. Inputs are answers already pulled
-out of generated text (``answers.py``) where a type needs that, so each function here only
+out of generated text (``answer_extraction.py``) where a type needs that, so each function here only
 compares.
 
 >>> choice_accuracy(["B", None], ["B", "C"])
@@ -17,7 +17,7 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import SQuAD
 from torchmetrics.text.rouge import ROUGEScore
 
-from evaluation.answers import normalize_text, rouge_normalize, rouge_tokenize
+from evaluation.answer_extraction import normalize_text, rouge_normalize, rouge_tokenize
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")  # not rougeLsum: it needs nltk's punkt, not downloadable here
 MATH_TIMEOUT_SECONDS = 5

@@ -32,7 +32,7 @@ from core.errors import RecordError
 from core.files import write_text_atomically
 from core.record import QUESTION_TYPES, Record
 from core.tables import markdown_table
-from evaluation.answers import extract_choice_letter, extract_code_samples, extract_final_math_answer, split_think
+from evaluation.answer_extraction import extract_choice_letter, extract_code_samples, extract_final_math_answer, split_think
 from evaluation.metrics import (
     choice_accuracy,
     code_pass_at_k,

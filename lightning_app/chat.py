@@ -4,7 +4,7 @@ The model is built as ``predict`` builds it (the config through LightningCLI, th
 ``configure_model``), from a checkpoint (``--ckpt_path FILE`` or ``last``: its base model and its
 trained weights), a merged folder or any model name (``--model.model_name_or_path``). The system
 prompt is ``data.system_prompt``, the generation settings ``model.generation``. The conversation
-itself lives in ``modules/chat.py``.
+itself lives in ``modules/generation/chat.py``.
 """
 
 import argparse
@@ -20,7 +20,7 @@ def chat_command(argv: list[str]) -> None:
     own_args, cli_args = parser.parse_known_args(argv)
     from callbacks.merge_adapters import load_checkpoint_weights
     from lightning_app.cli import SFTCLI  # imported late: Lightning's import is slow
-    from modules.chat import ChatSession, chat_loop
+    from modules.generation.chat import ChatSession, chat_loop
 
     cli = SFTCLI(args=cli_args, run=False)  # builds the objects, loads no weights
     module = cli.model

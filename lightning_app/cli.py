@@ -27,11 +27,11 @@ from datamodules.sft_datamodule import SFTDataModule
 from datamodules.training_data import new_training_data, saved_fingerprint
 from lightning_app import quiet
 from lightning_app.run_dirs import newest_last_checkpoint, version_of_checkpoint
-from modules.checkpoint_settings import refuse_other_settings
-from modules.precision import choose_precision, precision_warning, probe, probe_kind
-from modules.resume import nothing_left_to_train
+from modules.backbone.weight_files import check_weight_files
 from modules.sft_module import SFTModule
-from modules.weight_files import check_weight_files
+from modules.training.checkpoint_settings import refuse_other_settings
+from modules.training.precision import choose_precision, precision_warning, probe, probe_kind
+from modules.training.resume import nothing_left_to_train
 
 TRAINER_DEFAULTS = {
     "logger": {

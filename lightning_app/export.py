@@ -2,7 +2,7 @@
 
 import argparse
 
-from modules.gguf_export import FILE_TYPES, MAX_RELATIVE_ERROR, export_gguf
+from modules.export.gguf import FILE_TYPES, MAX_RELATIVE_ERROR, export_gguf
 
 
 def export_gguf_command(argv: list[str]) -> None:

@@ -40,7 +40,7 @@ def fetch_model_command(argv: list[str]) -> None:
 def score_command(argv: list[str]) -> None:
     """sft score --predictions ANSWERS --references LABELLED [--data.format F] [--out metrics.json]: no model needed."""
     from evaluation.scoring import format_metrics_table, score_files
-    from lightning_app.references import add_data_arguments, reference_records
+    from lightning_app.labelled_records import add_data_arguments, reference_records
 
     parser = argparse.ArgumentParser(prog="sft score", description=score_command.__doc__)
     parser.add_argument("--predictions", required=True, help="predictions.json (seed format) or .jsonl")
@@ -55,7 +55,7 @@ def score_command(argv: list[str]) -> None:
 def report_command(argv: list[str]) -> None:
     """sft report --base RUN_OR_ANSWERS --tuned RUN_OR_ANSWERS --references LABELLED --out DIR."""
     from evaluation.report import build_report
-    from lightning_app.references import add_data_arguments, reference_records
+    from lightning_app.labelled_records import add_data_arguments, reference_records
 
     parser = argparse.ArgumentParser(prog="sft report", description=report_command.__doc__)
     parser.add_argument("--base", required=True, help="an `sft test` run directory or an answers file")

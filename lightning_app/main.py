@@ -43,7 +43,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from core.embedded import EmbeddedModelError
     from core.step_loss import AccumulationMismatchError
     from core.tokenizer import ModelLoadError
-    from modules.quantization import NeedsCUDAError
+    from modules.backbone.quantization import NeedsCUDAError
 
     return (ValueError, FileNotFoundError, ModelLoadError, AccumulationMismatchError, NeedsCUDAError,
             EmbeddedModelError, OutputWriteError)

@@ -30,33 +30,48 @@ from core.step_loss import (
     undo_rank_averaging,
 )
 from core.tokenizer import load_tokenizer
-from modules.checkpoint_keys import check_checkpoint_keys, trainable_state
-from modules.answer_merging import adapters_merged
-from modules.generation import GenerationPlan, GenerationSettings, default_per_type
-from modules.frozen_weights import store_frozen_weights_for_fit
-from modules.heads import Head, LMHead
-from modules.heads.choice_export import restore_choice_head
-from modules.heads.kept_logits import refuse_packing
-from modules.compiled_loss import compile_loss
-from modules.compiling import compile_repeated_blocks, compiles_this_run, eager_generation
-from modules.kernels import apply_liger_kernels, require_liger
-from modules.loading import Dtype, follow_tokenizer, load_causal_lm
-from modules.optim import Schedule, one_dimensional_names, parameter_groups, schedule, with_fused_step
-from modules.adalora_budget import AdaLoraBudget
-from modules.peft_setup import apply_peft, check_peft_settings, trainable_parameter_counts
-from modules.quantization import (
+from modules.backbone.kernels import apply_liger_kernels, require_liger
+from modules.backbone.loading import Dtype, follow_tokenizer, load_causal_lm
+from modules.backbone.quantization import (
     Quantization,
     prepare_for_kbit_training,
     require_cuda_for_optimizer,
     require_cuda_for_quantization,
 )
-from modules.resume import follow_current_schedule, mark_cut_epoch_unfinished, rebuild_train_loader_after_restore
-from modules.training_attention import use_block_attention_in_budget
-from modules.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding
+from modules.generation.merged_adapters import adapters_merged
+from modules.generation.plan import GenerationPlan, GenerationSettings, default_per_type
+from modules.heads import Head, LMHead
+from modules.heads.choice_export import restore_choice_head
+from modules.peft.adalora_budget import AdaLoraBudget
+from modules.peft.checkpoint_keys import check_checkpoint_keys, trainable_state
+from modules.peft.methods import packing_refusal
+from modules.peft.wrapping import apply_peft, check_peft_settings, trainable_parameter_counts
+from modules.speed.compiled_loss import compile_loss
+from modules.speed.compiling import compile_repeated_blocks, compiles_this_run, eager_generation
+from modules.speed.frozen_weights import store_frozen_weights_for_fit
+from modules.speed.training_attention import use_block_attention_in_budget
+from modules.training.optimizer import Schedule, one_dimensional_names, parameter_groups, schedule, with_fused_step
+from modules.training.resume import follow_current_schedule, mark_cut_epoch_unfinished, rebuild_train_loader_after_restore
+from modules.training.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding
 
 
 # Validation and test means are reduced over the ranks here (``_log_evaluation``), then logged as they are.
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
+
+
+def refuse_packing(peft_config, neftune_alpha: float | None = None) -> None:
+    """Raise ``ValueError`` (one line: the setting and what to change) for settings packing breaks: the
+    PEFT method's own reason (``modules/peft/methods.py``), and NEFTune, which scales its noise by
+    1/sqrt(row length): a packed row of ten examples would give each a third of the noise it gets alone."""
+    if neftune_alpha is not None:
+        raise ValueError(
+            "data.padding_free: true cannot be used with model.neftune_alpha: NEFTune's noise shrinks with the "
+            "length of the row, and a packed row holds many examples. Set data.padding_free: false, or drop "
+            "model.neftune_alpha."
+        )
+    reason = packing_refusal(peft_config)
+    if reason is not None:
+        raise ValueError(reason)
 
 
 class SFTModule(L.LightningModule):
@@ -168,7 +183,7 @@ class SFTModule(L.LightningModule):
             raise ValueError(f"model.answer_rows must be at least 1, got {answer_rows}")
         self.generation = GenerationPlan(generation or GenerationSettings(), per_type, max_rows=answer_rows)
         self.model = None
-        self.one_dimensional: set[str] | None = None  # set by configure_model (modules/optim.py)
+        self.one_dimensional: set[str] | None = None  # set by configure_model (modules/training/optimizer.py)
         self._tokenizer = None
         self.tokens_seen = 0
         self.trained_tokens_seen = 0
@@ -216,7 +231,7 @@ class SFTModule(L.LightningModule):
 
     def _block_attention_in_budget(self) -> None:
         """Compiled layers on a CPU: batches within a memory budget skip the slow CPU flash-attention
-        kernel (modules/training_attention.py)."""
+        kernel (modules/speed/training_attention.py)."""
         device_type = self._trainer.strategy.root_device.type if self._trainer is not None else "cpu"
         if use_block_attention_in_budget(self.model, device_type, self.attn_implementation):
             rank_zero_info("attention: causal blocks of matmuls while their kept weights fit 512 MiB, SDPA beyond "
@@ -224,7 +239,7 @@ class SFTModule(L.LightningModule):
 
     def build_backbone(self):
         """The causal LM with its PEFT wrapper, as configured (also what a sharded run's merged export
-        is rebuilt from on rank 0: modules/sharding.py)."""
+        is rebuilt from on rank 0: modules/training/sharding.py)."""
         model = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation,
                                quantization=self.quantization, init_from_config=self.init_from_config,
                                config_overrides=self.config_overrides, trust_remote_code=self.trust_remote_code)
@@ -362,7 +377,7 @@ class SFTModule(L.LightningModule):
 
     def _merge_for_answering(self) -> None:
         """LoRA-family adapters merged into the weights until the epoch ends (one matmul per layer and
-        step instead of three); unmerged without a copy, as nothing trains after (modules/answer_merging.py)."""
+        step instead of three); unmerged without a copy, as nothing trains after (modules/generation/merged_adapters.py)."""
         self._answering_merge = ExitStack()
         self._answering_merge.enter_context(adapters_merged(self.model, restore_exactly=False))
 

@@ -99,7 +99,7 @@ def greedy_answering_config(model_dir, folder: Path, records: list[dict]) -> str
     return str(path)
 
 # A config written for a GPU asks for bf16; parsed or run on a CPU without bf16 instructions the CLI
-# warns that it would be ~300x slower (tests/test_precision.py checks that warning). Tests that use
+# warns that it would be ~300x slower (tests/modules/training/test_precision.py checks that warning). Tests that use
 # such configs on the CPU on purpose expect it, on either kind of CPU.
 BF16_CONFIG_ON_THIS_CPU = pytest.mark.filterwarnings("ignore:trainer.precision is bf16-mixed, but this CPU has no bf16")
 

@@ -18,8 +18,8 @@ from callbacks.run_figures import published
 from callbacks.run_summary import RunSummary
 from callbacks.throughput import SFTThroughputMonitor, compute_dtype, forward_flops, real_tokens_in, training_flops
 from core.constants import IGNORE_INDEX
+from modules.backbone.loading import load_causal_lm
 from modules.heads.kept_logits import forward_keeping, next_token_labels
-from modules.loading import load_causal_lm
 from tests.factories import QA_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl
 
 TRAIN_BATCHES = 3  # of 2 rows: 6 of the 8 QA records, whose answers differ in length, so batches are padded

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import modules.chat
+import modules.generation.chat
 from lightning_app import chat as chat_app
 from lightning_app.main import main
 from tests.test_cli import run_config  # noqa: F401 (the tiny CLI config fixture)
@@ -19,13 +19,13 @@ SYSTEM = {"role": "system", "content": "Be brief."}
 def test_chat_keeps_history_resets_and_streams(run_config, monkeypatch):
     main(["fit", "--config", run_config])  # a checkpoint to chat with
     prompts, written = [], []
-    render = modules.chat.prompt_ids_for_generation
+    render = modules.generation.chat.prompt_ids_for_generation
 
     def recording_render(tokenizer, messages, tools=None):
         prompts.append(copy.deepcopy(messages))
         return render(tokenizer, messages, tools)
 
-    monkeypatch.setattr(modules.chat, "prompt_ids_for_generation", recording_render)
+    monkeypatch.setattr(modules.generation.chat, "prompt_ids_for_generation", recording_render)
     monkeypatch.setattr(chat_app, "write_now", written.append)
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\nhow are you\n/reset\nhi\n/exit\nnever read\n"))
     main(["chat", "--config", run_config, "--ckpt_path", "last", "--data.system_prompt", "Be brief.",

@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from core.constants import IGNORE_INDEX
 from core.tokenizer import CHATML_TEMPLATE, ModelLoadError, load_tokenizer
 from datamodules.chat_tokens import tokenize_conversation
-from modules.checkpoint_keys import trainable_state
 from lightning_app.main import main
+from modules.peft.checkpoint_keys import trainable_state
 from tests.factories import QA_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl
 from tests.tiny import build_base_tokenizer, byte_ids
 

@@ -5,7 +5,7 @@ inside their graph, over micro-batches of different lengths, train as the eager 
 The unit tests check the compiled attention one level down; this one goes through the CLI, the
 data module and Lightning's bf16 autocast. A compiled graph that only served its first batch
 length (a saved query slice's stride fixed to it) crashed here on the second batch, and in a
-model-level test (tests/test_training_attention.py); the float32 tests had passed."""
+model-level test (tests/modules/speed/test_training_attention.py); the float32 tests had passed."""
 
 import json
 import logging

@@ -93,7 +93,7 @@ def test_the_gpu_only_configs_are_the_quantized_and_bitsandbytes_ones():
 @pytest.mark.parametrize("config", GPU_ONLY_CONFIGS, ids=lambda path: path.name)
 def test_gpu_only_config_fails_fast_on_a_cpu_naming_the_gpu_requirement(config, tiny_model_dir, tmp_path,
                                                                          monkeypatch):
-    from modules.quantization import NeedsCUDAError
+    from modules.backbone.quantization import NeedsCUDAError
 
     monkeypatch.chdir(PROJECT_ROOT)
     with pytest.raises(NeedsCUDAError, match="CUDA GPU") as raised:

@@ -283,7 +283,7 @@ def test_preplaced_gguf_is_converted_once_then_served_from_cache(tiny_gguf, cach
     assert [path.name for path in (cache / "models").iterdir()] == [TINY_ALIAS]  # no temp folder left
 
     forbid(monkeypatch, "core.embedded.convert_gguf")
-    from modules.loading import load_causal_lm
+    from modules.backbone.loading import load_causal_lm
 
     model = load_causal_lm(TINY_ALIAS)
     with torch.no_grad():

@@ -8,7 +8,7 @@ from datamodules.formats import MATH_INSTRUCTION, split_prompt, to_messages
 from datamodules.normalize import ConversationSpec, read_records
 from datamodules.preprocess import build_prompt_examples, build_training_examples
 from core.errors import RecordError
-from datamodules.records import load_records
+from datamodules.record_loading import load_records
 from tests.tiny import IM_END, IM_START
 
 
@@ -185,7 +185,7 @@ def test_csv_and_parquet_load_and_csv_errors_name_the_line(tmp_path, tokenizer):
 
 
 def test_a_name_that_is_not_a_file_goes_to_the_hub_loader(monkeypatch):
-    import datamodules.records as records_module
+    import datamodules.record_loading as records_module
 
     calls = []
     monkeypatch.setattr(records_module.datasets, "load_dataset", lambda name, split: calls.append((name, split)))

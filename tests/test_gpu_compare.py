@@ -15,9 +15,9 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 from benchmarks import compare_methods as gpu_compare
 from benchmarks.prepare_architecture import prepare_architecture
-from evaluation.curves import read_loss_curves
 from core.tokenizer import ModelLoadError, load_tokenizer
-from modules.loading import load_causal_lm
+from evaluation.curves import read_loss_curves
+from modules.backbone.loading import load_causal_lm
 from modules.sft_module import SFTModule
 from tests.factories import BF16_CONFIG_ON_THIS_CPU, QA_RECORDS, qa_datamodule, quiet_trainer, write_jsonl
 from tests.test_callbacks_metrics import table_cells

@@ -18,7 +18,7 @@ from lightning_app.main import main
 from modules.sft_module import SFTModule
 from tests.factories import QA_RECORDS, write_jsonl
 from tests.test_bad_input import sft_errors
-from tests.test_resume_budget import folder_state
+from tests.modules.training.test_resume import folder_state
 
 SEED = 7
 NEW_RECORDS = [{"id": f"b{i}", "question": f"Name the colour number {i}.", "answer": f"Colour {i} is blue."}

@@ -18,7 +18,7 @@ from lightning.fabric.plugins.io import torch_io
 import transformers.modeling_utils
 from core.disk_errors import readable_size
 from lightning_app.main import console_main
-from modules.gguf_export import export_gguf
+from modules.export.gguf import export_gguf
 from tests.factories import QA_RECORDS, write_jsonl
 
 DEBUG_HINT = "(sft --debug or SFT_DEBUG=1 shows the traceback)"

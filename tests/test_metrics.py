@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from evaluation.answers import (
+from evaluation.answer_extraction import (
     extract_choice_letter,
     extract_code_samples,
     extract_final_math_answer,

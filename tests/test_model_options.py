@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from modules.loading import load_causal_lm
+from modules.backbone.loading import load_causal_lm
 from modules.sft_module import SFTModule
 from tests.tolerances import assert_close_normwise, reordering_bound
 

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from transformers import TrainingArguments
 
 from datamodules.sft_datamodule import SFTDataModule
-from modules.optim import warmup_steps
+from modules.training.optimizer import warmup_steps
 from tests.factories import quiet_trainer, sft_module, write_jsonl
 from tests.tolerances import FLOAT64_FIT, assert_close_normwise, reordering_bound
 

@@ -1,7 +1,7 @@
 """Sharded training: FSDP on 2 CPU processes (gloo), for real; FSDP and DeepSpeed ZeRO-3 on GPUs, marked.
 
 The CPU run takes the shipped overlay configs/strategies/fsdp.yaml with its class swapped for
-``modules.sharding.CPUFSDPStrategy`` (Lightning's FSDPStrategy refuses a CPU accelerator; the subclass
+``modules.training.sharding.CPUFSDPStrategy`` (Lightning's FSDPStrategy refuses a CPU accelerator; the subclass
 only passes torch's FSDP ``device_id=cpu``). Like the DDP test (tests/test_ddp.py): 2 ranks with
 micro-batch b log the same step losses, reach the same adapters and the same val/loss as one process
 accumulating 2 micro-batches of b; its checkpoint holds the adapter weights whole (rank 0 gathers
@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from transformers import AutoModelForCausalLM
 
-from modules.sharding import (
+from modules.training.sharding import (
     CPUFSDPStrategy,
     refuse_merge_from_checkpoint_folders,
     refuse_quantized_sharding,
@@ -113,7 +113,7 @@ def test_fsdp_on_two_cpu_processes_trains_as_one_process_checkpoints_whole_adapt
     edit_config(ddp_config, "data", val_path=yaml.safe_load(Path(ddp_config).read_text())["data"]["train_path"],
                 eval_batch_size=3)  # 16 records, 6 batches: 3 a rank
     edit_config(ddp_config, "trainer", val_check_interval=2)  # validate after step 2 (within the first epoch)
-    fsdp_options = ["--config", str(FSDP_OVERLAY), "--trainer.strategy.class_path", "modules.sharding.CPUFSDPStrategy",
+    fsdp_options = ["--config", str(FSDP_OVERLAY), "--trainer.strategy.class_path", "modules.training.sharding.CPUFSDPStrategy",
                     "--trainer.devices", "2"]
     runs = tmp_path / "runs"
 

@@ -9,7 +9,7 @@ import torch
 from benchmarks.vs_trl import loss_on_records, median_run, table
 from datamodules.chat_tokens import tokenize_conversation
 from datamodules.normalize import ConversationSpec, read_records
-from modules.loading import load_causal_lm
+from modules.backbone.loading import load_causal_lm
 from tests.factories import TYPED_RECORDS, write_jsonl
 from tests.tolerances import reordering_bound
 

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from core.batch_layout import example_rows
-from modules.decoding import mask_positions
-from modules.generation import GenerationPlan, generate_for_rows
+from modules.generation.decoding import mask_positions
+from modules.generation.plan import GenerationPlan, generate_for_rows
 
 
 @dataclass

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.step_loss import step_divisor, trained_tokens_in
 from core.batch_layout import cells_of_examples
 from core.constants import IGNORE_INDEX
-from modules.generation import GenerationPlan, generate_for_rows
+from core.step_loss import step_divisor, trained_tokens_in
+from modules.generation.plan import GenerationPlan, generate_for_rows
 from modules.heads import letters
 from modules.heads.base import EvalValue, Head, at_answer_positions, prompt_forward
 from modules.heads.kept_logits import forward_keeping, next_token_labels

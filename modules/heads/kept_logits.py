@@ -8,57 +8,21 @@ those rows alone: transformers' ``logits_to_keep`` takes a boolean (batch, seq) 
 """
 
 import torch
-from peft import PeftType
 from torch import nn
 
 from core.batch_layout import is_packed
 from core.constants import IGNORE_INDEX
-
-# Prompt-learning methods that put virtual tokens in front of the sequence (the logits grow with them);
-# prefix tuning (and its cartridge variant) passes them as past key values, so positions stay put.
-VIRTUAL_TOKENS_PREPENDED = {PeftType.PROMPT_TUNING, PeftType.P_TUNING, PeftType.MULTITASK_PROMPT_TUNING}
-VIRTUAL_TOKENS_AS_CACHE = {PeftType.PREFIX_TUNING, PeftType.CARTRIDGE}
-
+from modules.peft.methods import active_config, prepended_positions, virtual_tokens_as_cache
 
 def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
     """(batch, seq) label of the token each position predicts: labels shifted left, -100 at the end."""
     return nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
-def prepended_positions(model: nn.Module) -> int:
-    """How many positions the active PEFT method adds in front of the input (0 without one)."""
-    peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is None or not peft_config.is_prompt_learning or peft_config.peft_type in VIRTUAL_TOKENS_AS_CACHE:
-        return 0
-    if peft_config.peft_type in VIRTUAL_TOKENS_PREPENDED:
-        return peft_config.num_virtual_tokens
-    raise NotImplementedError(f"{peft_config.peft_type} changes the model's inputs in a way the heads do not handle")
-
-
 # What a packed batch gives the kernels besides ``position_ids``: the examples' boundaries, so flash
 # attention's varlen path needs no device-to-host sync per layer to find them (SDPA and eager build
 # their block-diagonal mask from ``position_ids`` alone, transformers' find_packed_sequence_indices).
 PACKED_KERNEL_ARGUMENTS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-
-
-def refuse_packing(peft_config, neftune_alpha: float | None = None) -> None:
-    """Prompt-learning PEFT methods cannot take packed batches: prompt tuning would put its virtual
-    tokens in front of the first example only, and prefix tuning's virtual keys (a cache) switch off
-    transformers' detection of packed sequences, so examples would attend to each other. NEFTune
-    scales its noise by 1/sqrt(row length): a packed row of ten examples would give each a third of
-    the noise it gets alone."""
-    if neftune_alpha is not None:
-        raise ValueError(
-            "data.padding_free: true cannot be used with model.neftune_alpha: NEFTune's noise shrinks with the "
-            "length of the row, and a packed row holds many examples. Set data.padding_free: false, or drop "
-            "model.neftune_alpha."
-        )
-    if peft_config is not None and peft_config.is_prompt_learning:
-        raise ValueError(
-            f"data.padding_free: true cannot be used with model.peft_config {type(peft_config).__name__}: its virtual "
-            "tokens would be shared across the examples of a packed row. Set data.padding_free: false, or use an "
-            "adapter method (LoRA, DoRA, IA3, AdaLoRA ...)."
-        )
 
 
 def kernel_attention_mask(model: nn.Module, batch: dict) -> torch.Tensor | None:
@@ -74,15 +38,10 @@ def kernel_attention_mask(model: nn.Module, batch: dict) -> torch.Tensor | None:
     ±5%). The check costs one host sync per micro-batch on a GPU. Left-padded rows (prompts) and
     prompt-learning methods (virtual tokens in front, or as a cache) keep the mask."""
     attention_mask = batch.get("attention_mask")
-    if attention_mask is None or prepended_positions(model) or _cached_virtual_tokens(model):
+    if attention_mask is None or prepended_positions(model) or virtual_tokens_as_cache(active_config(model)):
         return attention_mask
     right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
     return None if right_padded else attention_mask
-
-
-def _cached_virtual_tokens(model: nn.Module) -> bool:
-    peft_config = getattr(model, "active_peft_config", None)
-    return peft_config is not None and peft_config.peft_type in VIRTUAL_TOKENS_AS_CACHE
 
 
 def forward_keeping(model: nn.Module, batch: dict, keep: torch.Tensor, targets: torch.Tensor, divisor=None,

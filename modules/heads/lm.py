@@ -2,10 +2,10 @@
 
 import torch
 
-from core.step_loss import step_divisor, trained_tokens_in
 from core.batch_layout import example_rows
 from core.constants import IGNORE_INDEX
-from modules.generation import GenerationPlan, generate_for_rows
+from core.step_loss import step_divisor, trained_tokens_in
+from modules.generation.plan import GenerationPlan, generate_for_rows
 from modules.heads import letters
 from modules.heads.base import EvalValue, Head, prompt_forward
 from modules.heads.kept_logits import forward_keeping, kept_rows, next_token_labels
