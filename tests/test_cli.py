@@ -191,17 +191,33 @@ def test_report_compares_base_and_tuned_runs(run_config, tmp_path):
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # from the training run's events
 
 
+def demo_places(printed: str) -> dict[str, Path]:
+    return {what: Path(where) for what, where in (line.split(": ", 1) for line in printed.splitlines() if ": " in line)
+            if what in {"checkpoint", "answers", "report", "merged model"}}
+
+
 def test_demo_command_runs_every_step_and_prints_where_things_are(run_config, tmp_path, capsys):
-    labelled = write_jsonl(tmp_path / "labelled.jsonl", TYPED_RECORDS)
+    labelled = write_jsonl(tmp_path / "labelled.jsonl", TYPED_RECORDS)  # the predict file asks them reversed
     main(["demo", "--config", run_config, "--references", labelled])
     printed = capsys.readouterr().out
-    places = dict(line.split(": ", 1) for line in printed.splitlines()
-                  if line.split(": ", 1)[0] in {"checkpoint", "answers", "report", "merged model"})
-    assert Path(places["checkpoint"]).is_file() and Path(places["report"]).is_file()
-    answers = json.loads(Path(places["answers"]).read_text())
+    places = demo_places(printed)
+    assert places["checkpoint"].is_file() and places["report"].is_file()
+    answers = json.loads(places["answers"].read_text())
+    assert places["answers"].parent.name != "test_answers"  # other questions: `sft predict` answered them
     assert [row["id"] for row in answers["result"]["results"]] == ["t4", "t3", "t2", "t1"]
-    assert (Path(places["merged model"]) / "merge_report.json").is_file()
+    assert (places["merged model"] / "merge_report.json").is_file()
     assert "| choice | accuracy |" in printed  # the base-vs-tuned table was printed
+
+
+def test_the_demo_answers_the_test_questions_once_and_sft_predict_gives_the_same_file(run_config, tmp_path, capsys):
+    labelled = write_jsonl(tmp_path / "labelled.jsonl", TYPED_RECORDS)
+    unlabeled = write_jsonl(tmp_path / "same.jsonl", [{k: v for k, v in r.items() if k != "answer"} for r in TYPED_RECORDS])
+    main(["demo", "--config", run_config, "--references", labelled, "--data.predict_path", unlabeled])
+    places = demo_places(capsys.readouterr().out)
+    assert places["answers"].parent.name == "test_answers"  # the tuned test's answers, not generated again
+    main(["predict", "--config", run_config, "--data.predict_path", unlabeled, "--ckpt_path", str(places["checkpoint"])])
+    [predicted] = [path for path in (tmp_path / "runs" / "tiny").glob("version_*/predictions.json")]
+    assert json.loads(predicted.read_text())["result"] == json.loads(places["answers"].read_text())["result"]
 
 
 @BF16_CONFIG_ON_THIS_CPU

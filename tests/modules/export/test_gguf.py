@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen3Config, Qwen3ForCausalLM
 
-import modules.export.gguf as gguf_export
+import modules.export.gguf as our_gguf
 from lightning_app.main import main
 from modules.export.gguf import MAX_RELATIVE_ERROR, GGUFExportError, export_gguf, report_path
 from tests.tiny import CHATML_TEMPLATE, IM_END, IM_START, VOCAB_SIZE, build_tokenizer
@@ -73,7 +73,7 @@ def test_qwen3_with_tied_embeddings(tmp_path):
 
 def test_unpermuted_llama_attention_fails_and_is_renamed(tiny_model_dir, tmp_path, monkeypatch):
     """Without llama.cpp's Q/K order the tiny model's logits move little, but its weights do not match."""
-    monkeypatch.setattr(gguf_export, "interleave_rope_halves", lambda weight, heads: weight)
+    monkeypatch.setattr(our_gguf, "interleave_rope_halves", lambda weight, heads: weight)
     out = tmp_path / "model.gguf"
     with pytest.raises(GGUFExportError, match="differs from the merged model"):
         export_gguf(tiny_model_dir, out, "f16")
