@@ -38,10 +38,25 @@ def load_side(name: str, run_or_answers: str, references: list[Record]) -> Side:
         answers = load_predictions(str(source / "test_answers" / "predictions.jsonl"))
         metrics_path = source / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else score_records(answers, references)
+        metrics = with_answer_loss(metrics, source)
     else:
         answers = load_predictions(str(source))
         metrics = score_records(answers, references)
     return Side(name, answers, metrics, source)
+
+
+ANSWER_LOSS = "answer loss (lower is better)"
+
+
+def with_answer_loss(metrics: dict, run_dir: Path) -> dict:
+    """``metrics`` with the run's loss on the reference answers (``test/loss`` in its summary.json) under
+    ``overall``: on a few questions a type the scores move with one answer, while this loss covers every
+    answer token, so a report shows what the tuning learned even where a small model's scores do not."""
+    summary_path = run_dir / "summary.json"
+    loss = json.loads(summary_path.read_text()).get("test_metrics", {}).get("test/loss") if summary_path.is_file() else None
+    if loss is None:
+        return metrics
+    return {**metrics, "overall": {**metrics.get("overall", {}), ANSWER_LOSS: float(loss)}}
 
 
 def training_run_of(run_dir: Path) -> Path | None:

@@ -1,6 +1,7 @@
 """The CLI in-process on a tiny model: fit, resume from `last`, predict from the checkpoint, inspect."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,8 @@ def test_demo_command_runs_every_step_and_prints_where_things_are(run_config, tm
     assert [row["id"] for row in answers["result"]["results"]] == ["t4", "t3", "t2", "t1"]
     assert (places["merged model"] / "merge_report.json").is_file()
     assert "| choice | accuracy |" in printed  # the base-vs-tuned table was printed
+    tuned_loss = json.loads((tmp_path / "runs/tiny/version_1/summary.json").read_text())["test_metrics"]["test/loss"]
+    assert re.search(rf"\| overall \| answer loss \(lower is better\) \| \d\.\d{{3}} \| {tuned_loss:.3f} \|", printed)
 
 
 def test_the_demo_answers_the_test_questions_once_and_sft_predict_gives_the_same_file(run_config, tmp_path, capsys):
