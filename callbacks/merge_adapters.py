@@ -1,4 +1,5 @@
-"""At the end of ``fit``: a deployable Hugging Face folder, checked against the trained model.
+"""At the end of ``fit``: a deployable Hugging Face folder, checked against the trained model, and for
+a PEFT run its adapter folder (``<log_dir>/adapter``, ``modules/export/adapter_folder.py``).
 
 Serving a PEFT run's adapter needs peft and the exact base; the folder this writes loads with plain
 ``AutoModelForCausalLM.from_pretrained`` (tokenizer, chat template and any choice head included).
@@ -8,11 +9,15 @@ ZeRO-3 no rank holds whole weights: every rank takes part in gathering them onto
 rebuilds a plain copy of the model and exports that (``modules/training/sharding.py``).
 """
 
+import shlex
+import sys
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from lightning.pytorch.callbacks import Callback
 
+from modules.export.adapter_folder import save_adapter_folder
 from modules.export.hf_folder import export_model
 from modules.peft.checkpoint_keys import check_checkpoint_keys
 from modules.training.sharding import gathered_full_state, refuse_merge_from_checkpoint_folders, shards_parameters, unsharded_copy
@@ -23,7 +28,7 @@ class MergeAdapters(Callback):
     weights afterwards (what was exported is what the module holds)."""
 
     def __init__(self, output_dir: str | None = None, use_best: bool = True, max_relative_error: float = 1e-3,
-                 enabled: bool = True):
+                 enabled: bool = True, adapter_only: bool = False):
         """
         Args:
             output_dir: Folder for the merged model (default: ``<log_dir>/merged``).
@@ -31,18 +36,26 @@ class MergeAdapters(Callback):
             max_relative_error: Largest allowed max|merged - adapter| / max|adapter| of the probe logits;
                 above it the folder is renamed ``<output_dir>.failed`` and the run fails. QLoRA with a
                 bf16 compute dtype measures bf16 rounding too: allow about 2e-2 there.
-            enabled: Set false to skip merging.
+            enabled: Set false to skip merging (and the adapter folder).
+            adapter_only: Write only the adapter folder, no merged copy: for serving adapters beside one
+                base (vLLM, TGI), where the merged folder would be hundreds of MB nobody loads.
         """
         self.output_dir = output_dir
         self.use_best = use_best
         self.max_relative_error = max_relative_error
         self.enabled = enabled
+        self.adapter_only = adapter_only
         self.report: dict | None = None
+        self.adapter_dir: Path | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        """Before training: a best checkpoint written as a folder of shards could not be exported."""
+        """Before training: a best checkpoint written as a folder of shards could not be exported, and a
+        full fine-tune has no adapter to write alone."""
         if stage == "fit" and self.enabled and self.use_best:
             refuse_merge_from_checkpoint_folders(trainer.strategy)
+        if stage == "fit" and self.enabled and self.adapter_only and getattr(pl_module, "peft_config", None) is None:
+            raise ValueError("merge.adapter_only: true needs a PEFT method (model.peft_config): a full fine-tune "
+                             "has no adapter. Set merge.adapter_only: false to get the merged folder.")
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if not self.enabled:
@@ -60,6 +73,13 @@ class MergeAdapters(Callback):
                 load_checkpoint_weights(pl_module, checkpoint_path)
             model, head = pl_module.model, pl_module.head
         weights = f"best checkpoint {checkpoint_path}" if checkpoint_path else "end of fit"
+        if isinstance(model, PeftModel):
+            self.adapter_dir = save_adapter_folder(model, pl_module.tokenizer, Path(trainer.log_dir) / "adapter",
+                                                   pl_module.model_name_or_path, trained_on(trainer, weights),
+                                                   "sft " + shlex.join(sys.argv[1:]))
+            print(f"adapter ({model.active_peft_config.peft_type.value}, for PeftModel.from_pretrained): {self.adapter_dir}")
+        if self.adapter_only:
+            return
         checkpoints_dir = getattr(trainer.checkpoint_callback, "dirpath", None)  # named if the disk fills
         self.report = export_model(model, pl_module.tokenizer, output_dir, head=head, weights=weights,
                                    max_relative_error=self.max_relative_error, checkpoints_dir=checkpoints_dir)
@@ -73,6 +93,15 @@ class MergeAdapters(Callback):
             check_checkpoint_keys(pl_module, state)
             full_state = {**full_state, **state}
         return unsharded_copy(pl_module, full_state)
+
+
+def trained_on(trainer, weights: str) -> str:
+    """The model card's line on the data: the training file(s), records, steps and which weights."""
+    datamodule = getattr(trainer, "datamodule", None)
+    data = "?"
+    if datamodule is not None and hasattr(datamodule, "split_path"):
+        data = f"{datamodule.split_path('train')} ({len(datamodule.records('train'))} records)"
+    return f"{data}, {trainer.global_step} optimizer steps; weights: {weights}"
 
 
 def best_checkpoint_path(trainer) -> str | None:

@@ -64,6 +64,7 @@ def run_demo(config: str, references: str, extra: list[str]) -> dict[str, Path]:
     return {
         "checkpoint": Path(checkpoint),
         "merged model": fit_dir / "merged",
+        "adapter (PeftModel.from_pretrained)": fit_dir / "adapter",
         "TensorBoard logs": fit_dir,
         "answers": answers,
         "base test run": base_dir,
