@@ -74,15 +74,19 @@ class MergeAdapters(Callback):
             model, head = pl_module.model, pl_module.head
         weights = f"best checkpoint {checkpoint_path}" if checkpoint_path else "end of fit"
         if isinstance(model, PeftModel):
-            self.adapter_dir = save_adapter_folder(model, pl_module.tokenizer, Path(trainer.log_dir) / "adapter",
+            self.adapter_dir = save_adapter_folder(model, pl_module.tokenizer, self._adapter_dir(output_dir),
                                                    pl_module.model_name_or_path, trained_on(trainer, weights),
-                                                   "sft " + shlex.join(sys.argv[1:]))
+                                                   the_command())
             print(f"adapter ({model.active_peft_config.peft_type.value}, for PeftModel.from_pretrained): {self.adapter_dir}")
         if self.adapter_only:
             return
         checkpoints_dir = getattr(trainer.checkpoint_callback, "dirpath", None)  # named if the disk fills
         self.report = export_model(model, pl_module.tokenizer, output_dir, head=head, weights=weights,
                                    max_relative_error=self.max_relative_error, checkpoints_dir=checkpoints_dir)
+
+    def _adapter_dir(self, merged_dir: Path) -> Path:
+        """``<log_dir>/adapter`` beside ``<log_dir>/merged``; beside a chosen ``output_dir``, its name plus "-adapter"."""
+        return merged_dir.with_name("adapter" if self.output_dir is None else merged_dir.name + "-adapter")
 
     @staticmethod
     def _unsharded(pl_module, full_state: dict, checkpoint_path: str | None):
@@ -93,6 +97,13 @@ class MergeAdapters(Callback):
             check_checkpoint_keys(pl_module, state)
             full_state = {**full_state, **state}
         return unsharded_copy(pl_module, full_state)
+
+
+def the_command() -> str:
+    """The ``sft`` command line that ran, for the model card; inside another program, where to find it."""
+    if Path(sys.argv[0]).name == "sft":
+        return "sft " + shlex.join(sys.argv[1:])
+    return "see config.yaml in the run folder"
 
 
 def trained_on(trainer, weights: str) -> str:

@@ -332,6 +332,8 @@ def check_fit(outcome: Outcome) -> None:
     if merged_config(outcome.args).get("merge", {}).get("enabled", True):
         assert run_dir / "merged" / "model.safetensors" in outcome.written
         assert json.loads((run_dir / "merged" / "merge_report.json").read_text())
+        if merged_config(outcome.args).get("model", {}).get("peft_config"):  # and PEFT's own adapter folder
+            assert run_dir / "adapter" / "adapter_config.json" in outcome.written
 
 
 def check_validate(outcome: Outcome) -> None:

@@ -89,4 +89,6 @@ def _targets(config) -> str:
     targets = getattr(config, "target_modules", None)
     if not targets:
         return "virtual tokens" if learns_virtual_tokens(config) else "peft's default"
-    return targets if isinstance(targets, str) else ", ".join(sorted(targets))
+    if isinstance(targets, str):
+        return targets
+    return ", ".join(sorted({name.split(".")[-1] for name in targets}))  # PEFT may list every layer's module
