@@ -43,10 +43,10 @@ def user_errors() -> tuple[type[Exception], ...]:
     from core.embedded import EmbeddedModelError
     from core.step_loss import AccumulationMismatchError
     from core.tokenizer import ModelLoadError
-    from modules.backbone.quantization import NeedsCUDAError
+    from modules.backbone.quantization import NeedsCUDAError, QuantizedKernelsMissingError
 
     return (ValueError, FileNotFoundError, ModelLoadError, AccumulationMismatchError, NeedsCUDAError,
-            EmbeddedModelError, OutputWriteError)
+            QuantizedKernelsMissingError, EmbeddedModelError, OutputWriteError)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import warnings
 
 # (category, start of the message, why it cannot help the user)
 THIRD_PARTY_WARNINGS = [
+    (UserWarning, "Paged optimizers are not supported on CPU",
+     "said once a tensor; the run says it once, naming the setting (modules/backbone/quantization.py)"),
     (UserWarning, "`loftq_config` specified but will be ignored",
      "jsonargparse fills peft's LoraConfig.loftq_config with LoftQConfig's defaults; peft drops them and warns"),
     (FutureWarning, "`is_gradient_checkpointing` is deprecated",
@@ -36,6 +38,8 @@ THIRD_PARTY_LOG_LINES = [
     ("lightning.pytorch.utilities.rank_zero", "TPU available:", "this project trains on CPUs and CUDA GPUs only"),
     ("lightning.pytorch.utilities.rank_zero", "Loading `train_dataloader` to estimate number of stepping batches",
      "Lightning counting the steps for the learning-rate schedule; the progress line shows the count"),
+    ("bitsandbytes.autograd._functions", "MatMul8bitLt: inputs will be cast from",
+     "every 8-bit product of every step says it; LLM.int8() rounds its inputs to float16 by design"),
     ("torch.utils.cpp_extension", "No CUDA runtime is found",
      "a CUDA build of torch on a machine without a GPU, said when the compiler imports its C++ helpers"),
 ]

@@ -35,8 +35,9 @@ from modules.backbone.loading import Dtype, follow_tokenizer, load_causal_lm
 from modules.backbone.quantization import (
     Quantization,
     prepare_for_kbit_training,
-    require_cuda_for_optimizer,
-    require_cuda_for_quantization,
+    check_bitsandbytes_optimizer,
+    compute_dtype_for,
+    require_quantized_kernels,
 )
 from modules.generation.merged_adapters import adapters_merged
 from modules.generation.plan import GenerationPlan, GenerationSettings, default_per_type
@@ -195,8 +196,8 @@ class SFTModule(L.LightningModule):
 
     # 1. Build -----------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Runs before the data module reads the tokenizer: a missing GPU stops the run before any download."""
-        require_cuda_for_quantization(self.quantization)
+        """Runs before the data module reads the tokenizer: kernels that cannot run stop the run before any download."""
+        require_quantized_kernels(self.quantization)
         require_liger(self.liger_kernels)
 
     def setup(self, stage: str) -> None:
@@ -241,7 +242,8 @@ class SFTModule(L.LightningModule):
         """The causal LM with its PEFT wrapper, as configured (also what a sharded run's merged export
         is rebuilt from on rank 0: modules/training/sharding.py)."""
         model = load_causal_lm(self.model_name_or_path, self.dtype_name, self.attn_implementation,
-                               quantization=self.quantization, init_from_config=self.init_from_config,
+                               quantization=self.quantization, compute_dtype=compute_dtype_for(self._precision()),
+                               init_from_config=self.init_from_config,
                                config_overrides=self.config_overrides, trust_remote_code=self.trust_remote_code)
         if self.liger_kernels:  # before PEFT: Liger patches the transformers modules it knows
             apply_liger_kernels(model)
@@ -251,6 +253,10 @@ class SFTModule(L.LightningModule):
             new_token_ids = self.tokenizer.added_template_token_ids
         self._prepare_for_training(model)
         return apply_peft(model, self.peft_config, new_token_ids)
+
+    def _precision(self) -> str | None:
+        """The Trainer's precision ("32-true", "bf16-mixed" ...), None outside a Trainer."""
+        return str(self._trainer.precision) if self._trainer is not None else None
 
     def _prepare_for_training(self, model) -> None:
         """A quantized base gets peft's k-bit preparation (it also handles gradient checkpointing)."""
@@ -407,7 +413,7 @@ class SFTModule(L.LightningModule):
     # 6. Optimizer and schedule -------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(parameter_groups(self.named_parameters(), self.head_lr, self.one_dimensional))
-        require_cuda_for_optimizer(optimizer)
+        check_bitsandbytes_optimizer(optimizer)
         optimizer = with_fused_step(optimizer)  # Adam(W) without a chosen implementation: the fused kernel
         total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = schedule(optimizer, self.lr_schedule, self.warmup, total_steps)

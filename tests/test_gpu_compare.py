@@ -196,12 +196,10 @@ def test_benchmark_writes_details_curves_and_the_runs_bundle(benchmark):
         assert any(name.startswith(prefix + "events.out.tfevents.") for name in names)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without a CUDA GPU gives")
-def test_benchmark_on_a_cpu_reports_qlora_as_failed_and_keeps_the_rest(benchmark):
+def test_benchmark_runs_every_row_qlora_included(benchmark):
     run_dirs, failures, out = benchmark
-    assert list(failures) == ["qlora"] and failures["qlora"].startswith("NeedsCUDAError: model.quantization: 4bit")
-    assert "Failed: `qlora`: NeedsCUDAError" in (out / "comparison.md").read_text()
-    assert len(run_dirs) == 3
+    assert failures == {} and "Failed" not in (out / "comparison.md").read_text()
+    assert len(run_dirs) == 4  # bitsandbytes' kernels run QLoRA on a CPU too
 
 
 def test_benchmark_stops_before_any_fit_when_the_tokenizer_was_not_prepared(tmp_path, monkeypatch):

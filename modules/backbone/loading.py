@@ -20,7 +20,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,
                    quantization: str | None = None, init_from_config: bool = False,
-                   config_overrides: dict[str, Any] | None = None, trust_remote_code: bool = False):
+                   config_overrides: dict[str, Any] | None = None, trust_remote_code: bool = False,
+                   compute_dtype: torch.dtype = torch.bfloat16):
     """The causal LM in ``dtype`` (float32, bfloat16, float16 or auto); with ``quantization``
     (``4bit`` or ``8bit``) its linear weights are quantized by bitsandbytes on the current GPU.
     With ``init_from_config`` its weights are random, in the architecture of its config.json.
@@ -31,7 +32,7 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementatio
     ``torch.load(weights_only=True)``, which transformers 5 always uses."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
-    quantization_config = bitsandbytes_config(quantization)  # no CUDA: stops here, before any download
+    quantization_config = bitsandbytes_config(quantization, compute_dtype)  # no kernels: stops before any download
     resolved = resolve_model_path(name_or_path)
     if not init_from_config:
         check_weight_files(resolved)  # a truncated file: one line naming it, not safetensors' own error
@@ -42,9 +43,15 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementatio
         return AutoModelForCausalLM.from_pretrained(
             resolved, config=config, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
             quantization_config=quantization_config, trust_remote_code=trust_remote_code,
+            **quantized_placement(quantization_config),
         )
     except OSError as error:
         raise explain_load_error(name_or_path, "model", error) from error
+
+
+def quantized_placement(quantization_config) -> dict:
+    """Without CUDA, bitsandbytes quantizes while the weights are placed: ask for the CPU by name."""
+    return {"device_map": {"": "cpu"}} if quantization_config is not None and not torch.cuda.is_available() else {}
 
 
 def model_config(folder: str, overrides: dict[str, Any] | None = None, trust_remote_code: bool = False):
@@ -86,7 +93,8 @@ def random_causal_lm(folder: str, dtype: str, attn_implementation: str | None, q
         del model
         return AutoModelForCausalLM.from_pretrained(weights_dir, dtype=DTYPES[dtype],
                                                     attn_implementation=attn_implementation,
-                                                    quantization_config=quantization_config)
+                                                    quantization_config=quantization_config,
+                                                    **quantized_placement(quantization_config))
 
 
 def follow_tokenizer(model, tokenizer) -> None:

@@ -74,14 +74,13 @@ def merge_float32(adapter_copy) -> nn.Module:
     return adapter_copy.merge_and_unload() if isinstance(adapter_copy, PeftModel) else adapter_copy
 
 
-def merge_dequantized(quantized_model: PeftModel) -> nn.Module:
-    """QLoRA: the adapter merged into a float32 CPU copy of the de-quantized base.
+def dequantized_adapter_copy(quantized_model: PeftModel) -> PeftModel:
+    """QLoRA / 8-bit LoRA: a float32 CPU copy of the de-quantized base with the trained adapter on it.
 
-    UNTESTED ON A GPU HERE (written without one; its CPU logic is tested on an unquantized model).
     peft's own merge into a 4-bit layer re-quantizes the sum, losing the adapter's small update in
-    rounding; instead each 4-bit weight is de-quantized (what the quantized model computes with),
+    rounding; instead each quantized weight is de-quantized (what the quantized model computes with),
     a plain float32 model is built from the config without ``quantization_config``, wrapped with
-    the same peft config, given the trained adapter weights and merged.
+    the same peft config and given the trained adapter weights; ``save_merged`` merges it.
     """
     base = quantized_model.get_base_model()
     config = copy.deepcopy(base.config)
@@ -96,7 +95,7 @@ def merge_dequantized(quantized_model: PeftModel) -> nn.Module:
     loaded = set_peft_model_state_dict(plain_adapter, adapter_state)
     if loaded.unexpected_keys:
         raise RuntimeError(f"adapter weights found no place in the de-quantized copy: {loaded.unexpected_keys[:3]}")
-    return plain_adapter.eval().merge_and_unload()
+    return plain_adapter.eval()
 
 
 def dequantized_state(quantized_base, names) -> dict[str, torch.Tensor]:
@@ -105,9 +104,21 @@ def dequantized_state(quantized_base, names) -> dict[str, torch.Tensor]:
     for name in names:
         module_path, _, attribute = name.rpartition(".")
         module = _unwrapped(quantized_base.get_submodule(module_path))
-        tensor = dequantize_module_weight(module) if attribute == "weight" else getattr(module, attribute)
+        tensor = _dequantized_weight(module) if attribute == "weight" else getattr(module, attribute)
         state[name] = tensor.detach().to("cpu", torch.float32)
     return state
+
+
+def _dequantized_weight(module: nn.Module) -> torch.Tensor:
+    """The weight a layer computes with, in float. peft's helper would store the 8-bit scales in the
+    layer's matmul state, after which the layer no longer runs: int8 weights are de-quantized here."""
+    weight = module.weight
+    if type(weight).__name__ == "Int8Params":
+        import bitsandbytes
+
+        scales = weight.SCB if weight.SCB is not None else module.state.SCB  # moved to the state by a forward
+        return bitsandbytes.functional.int8_vectorwise_dequant(weight.data, scales)
+    return dequantize_module_weight(module)
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:
@@ -149,19 +160,23 @@ def relative_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
 def save_merged(model, tokenizer, folder: Path) -> dict:
     """Merge, save a plain HF folder, reload it the plain way and measure its logits' error."""
     probes = probe_inputs(tokenizer)
+    extra = {}
     if is_quantized(model):
-        reference = probe_logits(model, probes)  # the quantized model as trained, on its own device
-        merged = merge_dequantized(model)
+        # The merge is checked against the de-quantized adapter model (what merging can get wrong); how far
+        # the quantized model itself is from it (8-bit rounds each product's inputs too) is reported beside.
+        quantized_logits = probe_logits(model, probes)
+        adapter_copy = dequantized_adapter_copy(model)
+        extra["quantized_model_relative_error"] = relative_error(probe_logits(adapter_copy, probes), quantized_logits)
     else:
         adapter_copy = float32_cpu_copy(model)
-        reference = probe_logits(adapter_copy, probes)
-        merged = merge_float32(adapter_copy)
-        del adapter_copy  # the peft wrapper would keep the merged weights alive during the reload
+    reference = probe_logits(adapter_copy, probes)
+    merged = merge_float32(adapter_copy)
+    del adapter_copy  # the peft wrapper would keep the merged weights alive during the reload
     merged.save_pretrained(folder)  # transformers 5 always writes safetensors
     tokenizer.save_pretrained(folder)
     del merged
     reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    return {"merged": True, "relative_error": relative_error(reference, probe_logits(reloaded, probes))}
+    return {"merged": True, "relative_error": relative_error(reference, probe_logits(reloaded, probes)), **extra}
 
 
 def save_unmerged_adapter(model, tokenizer, folder: Path, reason: str) -> dict:

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from datamodules.sft_datamodule import SFTDataModule
 from lightning_app.main import main
-from modules.backbone.quantization import NeedsCUDAError
+from modules.backbone.quantization import QuantizedKernelsMissingError, cpu_kernel_failure
 from modules.heads import MultiHead
 from modules.peft.adalora_budget import weigh_adalora_regulariser
 from modules.peft.wrapping import AdaLoraConfig
@@ -24,8 +24,6 @@ from tests.tiny import build_model, build_tokenizer
 from tests.tolerances import assert_close_normwise, reordering_bound
 
 ONE_PASS = reordering_bound(torch.float32)  # one forward of the tiny model (tests/tolerances.py)
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bitsandbytes)")
 
 # (peft config or None for full fine-tuning, AdamW learning rate that moves the loss in 15 steps)
 METHODS = {
@@ -225,46 +223,52 @@ def test_quantization_without_an_adapter_is_refused_at_configuration(tiny_model_
         SFTModule(str(tiny_model_dir), quantization="4bit")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without a CUDA GPU gives")
-def test_quantized_loading_without_cuda_stops_before_the_model_is_looked_up(monkeypatch):
+def test_quantized_loading_where_kernels_fail_stops_before_the_model_is_looked_up(monkeypatch):
     import modules.backbone.loading
+    from modules.backbone import quantization
 
+    monkeypatch.setattr(quantization.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(quantization, "cpu_kernel_failure", lambda mode: "ImportError: no libbitsandbytes_cpu")
     monkeypatch.setattr(modules.backbone.loading, "resolve_model_path", lambda name: pytest.fail("looked the model up"))
-    with pytest.raises(NeedsCUDAError, match="drop model.quantization or run on a GPU"):
+    with pytest.raises(QuantizedKernelsMissingError, match="drop model.quantization or run on a CUDA GPU"):
         modules.backbone.loading.load_causal_lm("smollm2-135m-instruct", quantization="8bit")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a machine without a CUDA GPU gives")
-def test_bitsandbytes_optimizer_without_cuda_stops_in_configure_optimizers(tiny_model_dir, four_records):
-    import bitsandbytes
-
-    module = sft_module(tiny_model_dir, peft_config=LoraConfig(r=2),
-                        optimizer=partial(bitsandbytes.optim.AdamW8bit, lr=1e-3))
-    with pytest.raises(NeedsCUDAError, match="bitsandbytes.optim.adamw.AdamW8bit: bitsandbytes optimizers need"):
-        quiet_trainer(max_steps=1).fit(module, qa_datamodule(tiny_model_dir, four_records, batch_size=4))
-    assert module.global_step == 0
+def test_this_cpus_bitsandbytes_kernels_run_both_formats():
+    assert cpu_kernel_failure("4bit") is None and cpu_kernel_failure("8bit") is None
 
 
-@pytest.mark.gpu
-@needs_cuda
-def test_qlora_fits_a_step_on_a_4bit_base(tiny_model_dir, four_records):
-    module = SFTModule(str(tiny_model_dir), peft_config=LoraConfig(r=4), quantization="4bit")
-    quiet_trainer(accelerator="gpu", max_steps=2, precision="bf16-mixed").fit(
-        module, qa_datamodule(tiny_model_dir, four_records, batch_size=4))
+# One fit a format: the layers bitsandbytes put in, a trained adapter, and the precision the CPU takes
+# (float32 compute for 4-bit on a CPU without bf16 instructions, as the run's own matmuls).
+QUANTIZED_LAYERS = {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}
+
+
+@pytest.mark.parametrize("quantization", QUANTIZED_LAYERS)
+def test_lora_fits_steps_on_a_quantized_base(tiny_model_dir, four_records, quantization):
+    module = SFTModule(str(tiny_model_dir), peft_config=LoraConfig(r=4), quantization=quantization)
+    precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    quiet_trainer(max_steps=2, precision=precision).fit(module, qa_datamodule(tiny_model_dir, four_records, batch_size=4))
     base = module.model.get_base_model()
-    assert base.is_loaded_in_4bit and type(base.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
+    assert type(base.model.layers[0].self_attn.q_proj.base_layer).__name__ == QUANTIZED_LAYERS[quantization]
+    assert getattr(base, f"is_loaded_in_{quantization}")
+    if quantization == "4bit":
+        expected = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
+        assert base.model.layers[0].self_attn.q_proj.base_layer.compute_dtype == expected
     assert module.trainable_parameters == module.model.get_nb_trainable_parameters()[0]
     assert any(float(p.abs().sum()) > 0 for n, p in module.model.named_parameters() if "lora_B" in n)
 
 
-@pytest.mark.gpu
-@needs_cuda
-def test_adamw8bit_fits_a_step(tiny_model_dir, four_records):
+@pytest.mark.parametrize("name", ["AdamW8bit", "PagedAdamW"])
+def test_bitsandbytes_optimizers_fit_steps(tiny_model_dir, four_records, name):
     import bitsandbytes
 
     module = sft_module(tiny_model_dir, peft_config=LoraConfig(r=4),
-                        optimizer=partial(bitsandbytes.optim.AdamW8bit, lr=1e-3))
-    trainer = quiet_trainer(accelerator="gpu", max_steps=2)
-    trainer.fit(module, qa_datamodule(tiny_model_dir, four_records, batch_size=4))
-    assert type(trainer.optimizers[0]).__name__ == "AdamW8bit" and trainer.global_step == 2
+                        optimizer=partial(getattr(bitsandbytes.optim, name), lr=1e-3))
+    trainer = quiet_trainer(max_steps=2)
+    if name.startswith("Paged") and not torch.cuda.is_available():
+        with pytest.warns(UserWarning, match="PagedAdamW pages its states .* without a CUDA GPU it runs unpaged"):
+            trainer.fit(module, qa_datamodule(tiny_model_dir, four_records, batch_size=4))
+    else:
+        trainer.fit(module, qa_datamodule(tiny_model_dir, four_records, batch_size=4))
+    assert type(trainer.optimizers[0]).__name__ == name and trainer.global_step == 2
     assert any(float(p.abs().sum()) > 0 for n, p in module.model.named_parameters() if "lora_B" in n)
