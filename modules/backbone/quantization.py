@@ -49,7 +49,14 @@ def require_quantized_kernels(quantization: str | None) -> None:
 @functools.cache
 def cpu_kernel_failure(quantization: str) -> str | None:
     """Why a tiny ``quantization`` product fails on the CPU (import, kernel, result), or None if it runs
-    and matches float32 within what the format rounds (4-bit: ~10%, 8-bit: ~1% of the largest output)."""
+    and matches float32 within what the format rounds (4-bit: ~10%, 8-bit: ~1% of the largest output).
+    The global random state is left as it was: building the test layer draws from it, and a run's
+    adapter initialisation after ``seed_everything`` must not depend on whether this ran before."""
+    with torch.random.fork_rng(devices=[]):
+        return _probe(quantization)
+
+
+def _probe(quantization: str) -> str | None:
     try:
         import bitsandbytes as bnb
         import bitsandbytes.functional as bnb_functional

@@ -234,8 +234,11 @@ def test_quantized_loading_where_kernels_fail_stops_before_the_model_is_looked_u
         modules.backbone.loading.load_causal_lm("smollm2-135m-instruct", quantization="8bit")
 
 
-def test_this_cpus_bitsandbytes_kernels_run_both_formats():
+def test_this_cpus_bitsandbytes_kernels_run_both_formats_and_leave_the_random_state_alone():
+    cpu_kernel_failure.cache_clear()
+    before = torch.get_rng_state()
     assert cpu_kernel_failure("4bit") is None and cpu_kernel_failure("8bit") is None
+    assert torch.equal(torch.get_rng_state(), before)  # else a run's adapter init would depend on the probe
 
 
 # One fit a format: the layers bitsandbytes put in, a trained adapter, and the precision the CPU takes
