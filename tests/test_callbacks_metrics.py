@@ -196,7 +196,7 @@ def test_summary_markdown_table_has_a_header_and_one_row_of_the_same_width(lora_
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA memory statistics and MFU need a CUDA GPU")
 def test_gpu_run_logs_peak_memory_and_mfu(tiny_model_dir, tmp_path):
     trainer, _, (memory, throughput, _, _) = fit_with_metrics(tiny_model_dir, tmp_path, "gpu", accelerator="gpu")
     scalars = logged_scalars(trainer.log_dir)

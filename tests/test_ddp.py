@@ -17,6 +17,7 @@ run is a process of its own (forked with its imports made: tests/factories.py); 
 are in-process. One DDP fit (validated after its last step) and its one-process twin serve both tests.
 """
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -176,3 +177,21 @@ def test_ddp_validation_loss_is_the_one_process_loss_over_every_rank(ddp_and_one
     _, ddp, ddp_dir, one_dir = ddp_and_one_process
     assert ddp.returncode == 0, ddp.stderr[-4000:]
     assert val_loss(ddp_dir) == pytest.approx(val_loss(one_dir), **LOGGED_FLOAT32)
+
+
+def test_a_4bit_lora_on_two_processes_trains_as_one_process_and_merges(tiny_model_dir, tmp_path):
+    """bitsandbytes' CPU kernels under DDP: each rank quantizes the same base, the adapters' gradients are
+    all-reduced as for a float base, and rank 0 merges into the de-quantized float32 base."""
+    start_preimporting()
+    config = write_ddp_config(tmp_path, tiny_model_dir, precision="32-true")
+    edit_config(config, "model", quantization="4bit")
+    result = fit_on_two_processes(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / "runs" / "ddp" / "version_0"
+    one = fit_in_process(config, tmp_path / "one", "one", "--merge.enabled", "false")
+    expected, got = adapter_weights(one), adapter_weights(two)
+    for name in expected:  # float32: the ranks' mean and the accumulated sum add the same terms in another order
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6,
+                                   msg=lambda text, name=name: f"{name}: {text}")
+    report = json.loads((two / "merged" / "merge_report.json").read_text())
+    assert report["quantized"] and report["passed"] and report["quantized_model_relative_error"] < 1e-5

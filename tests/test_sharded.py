@@ -175,7 +175,7 @@ def gpu_fit(ddp_config: str, overlay: str, name: str) -> Path:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP on GPUs needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP across GPUs (NCCL) needs CUDA GPUs; the CPU FSDP test above runs here")
 def test_fsdp_lora_on_the_gpus_checkpoints_adapters_and_merges(ddp_config):
     run_dir = gpu_fit(ddp_config, "fsdp.yaml", "fsdp_gpu")
     assert adapter_weights(run_dir)  # lora_ keys only, whole (rank 0 gathered them)
@@ -184,7 +184,7 @@ def test_fsdp_lora_on_the_gpus_checkpoints_adapters_and_merges(ddp_config):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="DeepSpeed needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="DeepSpeed ZeRO-3 runs on CUDA GPUs only")
 def test_deepspeed_zero3_lora_fits_and_merges(ddp_config):
     pytest.importorskip("deepspeed", reason="pip install 'lightning-sft[deepspeed]'")
     run_dir = gpu_fit(ddp_config, "deepspeed_zero3.yaml", "zero3")

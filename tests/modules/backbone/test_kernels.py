@@ -15,7 +15,7 @@ from tests.factories import TYPED_RECORDS, write_jsonl
 
 HAS_LIGER = importlib.util.find_spec("liger_kernel") is not None
 ON_GPU_WITH_LIGER = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_LIGER),
-                                       reason="needs a CUDA GPU and liger-kernel (pip install -e '.[liger]')")
+                                       reason="Liger's Triton kernels need a CUDA GPU and liger-kernel (pip install -e '.[liger]')")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without a CUDA GPU gives")
