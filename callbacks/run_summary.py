@@ -1,6 +1,6 @@
 """One file per run that says what was trained and how it went: ``summary.json`` and ``summary.md``.
 
-Written into ``trainer.log_dir`` (``runs/<name>/version_N/``) when a fit ends, and again when a
+Written into ``trainer.log_dir`` (``runs/<name>/fit/``) when a fit ends, and again when a
 test on the same Trainer ends, to add its ``test/...`` metrics. ``sft compare`` reads the json of
 several runs; the Markdown is the same table with one row, for a person opening the folder.
 

@@ -79,7 +79,7 @@ def test_config_smoke_runs_on_a_tiny_model(config, tiny_model_dir, tmp_path, mon
         pytest.skip(f"{config.name} is marked '{GPU_ONLY_MARKER} {reason}' and this machine has no CUDA GPU")
     monkeypatch.chdir(PROJECT_ROOT)
     main(smoke_args(config, tiny_model_dir, tmp_path / "runs", "gpu" if reason else "cpu"))
-    assert list((tmp_path / "runs").glob("*/version_0/checkpoints/last.ckpt"))
+    assert list((tmp_path / "runs").glob("*/fit/checkpoints/last.ckpt"))
 
 
 def test_the_gpu_only_configs_are_the_quantized_and_bitsandbytes_ones():
@@ -100,4 +100,4 @@ def test_gpu_only_config_fails_fast_on_a_cpu_naming_the_gpu_requirement(config, 
         main(smoke_args(config, tiny_model_dir, tmp_path / "runs", "cpu"))
     setting = "model.quantization" if "quantization:" in config.read_text() else "model.optimizer: bitsandbytes"
     assert setting in str(raised.value) and "this machine has none" in str(raised.value)
-    assert not list((tmp_path / "runs").glob("*/version_0/checkpoints/*.ckpt"))  # stopped before any step
+    assert not list((tmp_path / "runs").glob("*/fit/checkpoints/*.ckpt"))  # stopped before any step

@@ -28,7 +28,7 @@ def fit_with(run_config, tracker: str | None = None) -> None:
 
 def test_csv_tracker_writes_metrics_csv_with_losses_and_final_figures(run_config, tmp_path):
     fit_with(run_config, "csv.yaml")
-    run = tmp_path / "runs" / "tiny" / "version_0"
+    run = tmp_path / "runs" / "tiny" / "fit"
     header, *rows = (run / "metrics.csv").read_text().splitlines()
     columns = header.split(",")
     assert {"train/loss_step", "val/loss", "hparams/final_val_loss", "hparams/tokens_per_second"} <= set(columns)
@@ -76,7 +76,7 @@ def written_by_wandb_core(run_file: Path, seconds: float = 30.0) -> bytes:
 
 def test_tensorboard_hparams_tab_has_settings_and_final_figures(run_config, tmp_path):
     fit_with(run_config)  # the default logger: TensorBoard
-    run = tmp_path / "runs" / "tiny" / "version_0"
+    run = tmp_path / "runs" / "tiny" / "fit"
     events = EventAccumulator(str(run / "hparams"))
     events.Reload()
     hparams_tags = events.PluginTagToContent("hparams")

@@ -176,7 +176,7 @@ def test_cli_fits_resumes_from_last_and_predicts(method, tiny_model_dir, tmp_pat
     monkeypatch.chdir(tmp_path)
     config = write_cli_config(tmp_path, tiny_model_dir, CLI_METHODS[method])
     main(["fit", "--config", config])
-    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    run_dir = tmp_path / "runs" / "tiny" / "fit"
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     logged = EventAccumulator(str(run_dir)).Reload().Scalars("model/trainable_parameters")
     # A PEFT checkpoint holds exactly the trainable weights: the logged count must be their size.
@@ -185,13 +185,13 @@ def test_cli_fits_resumes_from_last_and_predicts(method, tiny_model_dir, tmp_pat
     main(["fit", "--config", config, "--trainer.max_steps", "4", "--ckpt_path", "last"])
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert (first["global_step"], resumed["global_step"]) == (2, 4)
-    assert not (tmp_path / "runs" / "tiny" / "version_1").exists()  # same run directory
+    assert not (tmp_path / "runs" / "tiny" / "fit_1").exists()  # same run directory
     assert any(not torch.equal(first["state_dict"][name], resumed["state_dict"][name]) for name in first["state_dict"])
     if method == "adalora":  # final ranks fixed at the last step of each fit (tfinal 1): kept in the checkpoint
         assert first["adalora_budget"]["rank_pattern"] and resumed["adalora_budget"]["rank_pattern"]
 
     main(["predict", "--config", config, "--ckpt_path", "last"])
-    answers = json.loads((tmp_path / "runs" / "tiny" / "version_1" / "predictions.json").read_text())
+    answers = json.loads((tmp_path / "runs" / "tiny" / "predict" / "predictions.json").read_text())
     assert [row["id"] for row in answers["result"]["results"]] == [record["id"] for record in TYPED_RECORDS]
 
 
