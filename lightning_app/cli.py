@@ -4,13 +4,12 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from callbacks.answer_metrics import AnswerMetrics
 from callbacks.checkpoint import SFTCheckpoint
-from callbacks.data_stats import DataStatsLogger
+from callbacks.run_card import RunCard
 from callbacks.exact_resume import ExactResume
 from callbacks.memory import MemoryMonitor
 from callbacks.merge_adapters import MergeAdapters
@@ -47,9 +46,8 @@ ALWAYS_ON_CALLBACKS = {
     "numerics": Numerics,
     "exact_resume": ExactResume,  # random state in checkpoints: a resumed fit draws the same dropout masks
     "resume_checks": ResumeChecks,  # model settings in checkpoints; new training data starts at its first record
-    "lr_monitor": LearningRateMonitor,
     "predictions": PredictionWriter,
-    "data_stats": DataStatsLogger,
+    "run_card": RunCard,  # one text card of the run's fixed facts (model, method, data), not one-point charts
     "answer_metrics": AnswerMetrics,
     "val_answers": ValidationAnswers,
     "merge": MergeAdapters,

@@ -5,7 +5,7 @@ that the ``RunSummary`` callback wrote and the TensorBoard event files of the ru
 ``--out``:
 
 - ``comparison.md``: one Markdown table, one row per run (the columns of ``summary.md``);
-- ``loss_curves.png``: ``train/loss_step`` (solid) and ``val/loss`` (dashed, dots) against the
+- ``loss_curves.png``: ``train/loss`` (solid) and ``val/loss`` (dashed, dots) against the
   optimizer step, one colour per run.
 """
 

@@ -54,9 +54,7 @@ def test_fit_resume_and_predict(run_config, tmp_path):
     assert first["state_dict"] and all("lora_" in key for key in first["state_dict"])  # adapters only
     assert (run_dir / "config.yaml").is_file()
     events = EventAccumulator(str(run_dir)).Reload()
-    assert {"train/loss_step", "val/loss", "lr-AdamW"} <= set(events.Tags()["scalars"])
-    kept = events.Scalars("data/train_kept")
-    assert [point.value for point in kept] == [len(TYPED_RECORDS)]
+    assert {"train/loss", "val/loss", "train/learning_rate"} <= set(events.Tags()["scalars"])
 
     main(["fit", "--config", run_config, "--trainer.max_steps", "4", "--ckpt_path", "last"])
     resumed = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")

@@ -89,7 +89,7 @@ def fit_in_process(config: str, runs: Path, name: str, *args: str) -> Path:
 
 
 def step_losses(run_dir: Path) -> list[float]:
-    return [point.value for point in EventAccumulator(str(run_dir)).Reload().Scalars("train/loss_step")]
+    return [point.value for point in EventAccumulator(str(run_dir)).Reload().Scalars("train/loss")]
 
 
 def val_loss(run_dir: Path) -> float:

@@ -174,7 +174,7 @@ def test_benchmark_runs_are_the_configs_on_the_same_random_weights(benchmark, ti
         assert config["model"]["model_name_or_path"] == str(tiny_architecture)
         assert config["trainer"]["precision"] == "bf16-mixed"
         assert not list(run_dir.glob("checkpoints/*.ckpt")) and not (run_dir / "merged").exists()
-        train_steps, train_losses = read_loss_curves(run_dir)["train/loss_step"]
+        train_steps, train_losses = read_loss_curves(run_dir)["train/loss"]
         assert train_steps == [0, 1]  # a loss point per optimizer step
         first_losses.append(train_losses[0])
     # The seed fixes the random weights and the batch order: before any update (LoRA's B starts at

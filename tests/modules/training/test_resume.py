@@ -104,7 +104,7 @@ def test_the_first_resumed_step_takes_the_larger_budgets_learning_rate(one_epoch
     main(["fit", "--config", one_epoch_config, "--trainer.max_steps", "2"])
     main(["fit", "--config", one_epoch_config, "--trainer.max_steps", "4", "--ckpt_path", "last"])
     events = EventAccumulator(str(tmp_path / "runs" / "tiny" / "fit")).Reload()
-    rates = {point.step: point.value for point in events.Scalars("lr-AdamW")}
+    rates = {point.step: point.value for point in events.Scalars("train/learning_rate")}
     cosine = [LR * 0.5 * (1 + math.cos(math.pi * step / 4)) for step in range(4)]
     assert rates[2] == pytest.approx(cosine[2]) and rates[3] == pytest.approx(cosine[3])
 
