@@ -37,11 +37,13 @@ class GradientNormByHand(Callback):
 @pytest.fixture
 def fitted_and_tested(run_config, tmp_path):  # noqa: F811 (the fixture imported above)
     by_hand = json.dumps([{"class_path": f"{__name__}.GradientNormByHand"}])
-    cli = SFTCLI(args=["fit", "--config", run_config, "--trainer.val_check_interval", "1",
+    cli = SFTCLI(args=["fit", "--config", run_config, "--trainer.val_check_interval", "1", "--merge.enabled", "false",
+                       "--trainer.num_sanity_val_steps", "0",
                        "--trainer.gradient_clip_val", str(CLIP), "--trainer.callbacks", by_hand])
     [recorder] = [callback for callback in cli.trainer.callbacks if isinstance(callback, GradientNormByHand)]
     labelled = write_jsonl(tmp_path / "labelled.jsonl", TYPED_RECORDS)
-    main(["test", "--config", run_config, "--ckpt_path", "last", "--data.test_path", labelled])
+    main(["test", "--config", run_config, "--ckpt_path", "last", "--data.test_path", labelled,
+          "--model.generation_per_type", json.dumps({"code-generate": {"num_samples": 1}})])  # one code run, not 3
     return tmp_path / "runs" / "tiny", recorder.norms
 
 
