@@ -23,6 +23,7 @@ FIT_RESULT_TAGS = {"final_val_loss": "val/loss", "best_val_loss": "val/best_loss
                    "tokens_per_second": "throughput/tokens_per_second", "epoch_seconds": "time/epoch_seconds"}
 PEAK_MEMORY_TAGS = {"gpu_allocated": "memory/fit_peak_allocated_mib", "cpu_rss": "memory/cpu_peak_rss_mib"}
 PEFT_SIZES = ("r", "lora_alpha", "lora_dropout", "num_virtual_tokens")  # a PEFT method's size, where it has one
+COUNTS = ("/count", "/samples", "/passed")  # how many records or samples a test metric is over: not a result
 
 
 def run_hparams(trainer, pl_module, summary: dict) -> dict:
@@ -60,7 +61,7 @@ def run_results(trainer, summary: dict) -> list[tuple[str, str, float]]:
         fields["peak_memory_mib"] = PEAK_MEMORY_TAGS[summary["peak_memory_kind"]]
     results = [(field, tag, float(summary[field])) for field, tag in fields.items() if summary.get(field) is not None]
     for tag, value in trainer.callback_metrics.items():  # a test's metrics; a fit's validation answers' score
-        if tag.startswith("test/") or tag == "val/overall/score":
+        if (tag.startswith("test/") and not tag.endswith(COUNTS)) or tag == "val/overall/score":
             results.append((tag.replace("/", "_"), tag, float(value)))
     return results
 

@@ -17,7 +17,7 @@ def hparams_session(run_dir: Path) -> tuple[dict, set[str]]:
     content = events_of(run_dir).PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    params = {name: value.string_value or value.number_value or value.bool_value for name, value in start.hparams.items()}
+    params = {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
     return params, {info.name.tag for info in experiment.metric_infos}
 
 

@@ -79,4 +79,5 @@ def test_tensorboard_shows_named_runs_the_signals_a_text_card_and_hparams_with_r
 
     _, test_metric_tags = hparams_session(runs / "test")
     assert {"test/loss", "test/choice/accuracy", "test/overall/score"} <= test_metric_tags
+    assert not [tag for tag in test_metric_tags if tag.endswith("/count")]  # record counts are not results
     assert test_metric_tags <= set(events_of(runs / "test").Tags()["scalars"])  # each one a value in the run
