@@ -56,9 +56,9 @@ def check_architecture_prepared(config: Path, fit_args: list[str]) -> None:
 
 
 def fit(config: Path, runs_dir: Path, fit_args: list[str], in_process: bool) -> Path:
-    """Run ``sft fit`` on ``config``; returns the run folder it created (``runs_dir/<name>/version_N``)."""
+    """Run ``sft fit`` on ``config``; returns the run folder it created (``runs_dir/<name>/fit``, ``fit_1``, ...)."""
     name = yaml.safe_load(config.read_text())["trainer"]["logger"]["init_args"]["name"]
-    before = set((runs_dir / name).glob("version_*"))
+    before = set((runs_dir / name).glob("*/"))
     args = ["fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(runs_dir), *fit_args]
     print(f"\n=== sft {' '.join(args)}", flush=True)
     if in_process:  # the tests: no new interpreter per run
@@ -69,7 +69,7 @@ def fit(config: Path, runs_dir: Path, fit_args: list[str], in_process: bool) -> 
         status = subprocess.run([sys.executable, "-m", "lightning_app", *args]).returncode
         if status != 0:
             raise RuntimeError(f"sft fit exited with status {status}; its error is printed above it")
-    created = sorted(set((runs_dir / name).glob("version_*")) - before)
+    created = sorted(set((runs_dir / name).glob("*/")) - before)
     if len(created) != 1 or not (created[0] / "summary.json").is_file():
         raise RuntimeError(f"the fit of {config} left no single new run folder with a summary.json "
                            f"under {runs_dir / name}")
@@ -138,7 +138,7 @@ def package_version(package: str) -> str:
 
 
 def bundle_runs(run_dirs: list[Path], archive: Path) -> None:
-    """The small files of each run, as ``<name>/version_N/...``: summaries, config and events."""
+    """The small files of each run, as ``<name>/<run>/...``: summaries, config and events."""
     with tarfile.open(archive, "w:gz") as tar:
         for run_dir in run_dirs:
             for pattern in RUN_FILES:

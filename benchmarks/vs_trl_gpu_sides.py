@@ -168,7 +168,7 @@ class LightningStepMeter(Callback):
             return
         self._steps_seen = trainer.global_step
         self.clock.end_step()
-        loss = trainer.callback_metrics.get("train/loss_step")  # logged once the step is whole
+        loss = trainer.callback_metrics.get("train/loss")  # logged once the step is whole
         self.losses.append(None if loss is None else float(loss))
 
 

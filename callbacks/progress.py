@@ -64,7 +64,7 @@ class ProgressReport(Callback):
             pl_module.log("tok/s", tokens_per_second, prog_bar=True, logger=False, on_step=True, on_epoch=False)
             pl_module.log("eta_min", seconds_left / 60, prog_bar=True, logger=False, on_step=True, on_epoch=False)
             return
-        loss = trainer.callback_metrics.get("train/loss_step")
+        loss = trainer.callback_metrics.get("train/loss")
         details = [f"{tokens_per_second:,.0f} tok/s"] + ([f"loss {float(loss):.4g}"] if loss is not None else [])
         self._maybe_print(trainer, f"fit: step {self._run.done}/{self._run.total}", details)
 

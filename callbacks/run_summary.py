@@ -1,6 +1,6 @@
 """One file per run that says what was trained and how it went: ``summary.json`` and ``summary.md``.
 
-Written into ``trainer.log_dir`` (``runs/<name>/version_N/``) when a fit ends, and again when a
+Written into ``trainer.log_dir`` (``runs/<name>/fit/``) when a fit ends, and again when a
 test on the same Trainer ends, to add its ``test/...`` metrics. ``sft compare`` reads the json of
 several runs; the Markdown is the same table with one row, for a person opening the folder.
 
@@ -15,29 +15,41 @@ Fields of ``summary.json`` (None where the figure was not measured):
 - ``epoch_seconds``, ``step_seconds``, ``tokens_per_second``, ``samples_per_second``, ``mfu``: the
   last epoch's, from ``SFTThroughputMonitor`` (tokens are real tokens, not padding);
 - ``final_train_loss``: the last epoch's token-weighted train loss; ``last_step_train_loss``: its
-  last logged step's; ``final_val_loss``: the last validation's;
+  last logged step's; ``final_val_loss``: the last validation's; ``best_val_loss``: the lowest;
 - ``test_metrics``: every ``test/...`` metric, when a test ran;
 - ``epochs``, ``global_step``: how far training went.
 
-At the end of a fit the hyperparameters that tell runs apart (method, model, optimizer, lr, batch,
-...) go to every logger with the final figures (``hparams/final_val_loss``, ...): to TensorBoard as an
-HParams session in ``<run>/hparams`` (its own folder: TensorBoard keeps only the first session a
-folder holds, and Lightning writes one without metrics when the fit starts), so the HParams tab
-lines runs up as a table; to the other trackers as params plus metrics.
+At the end of a fit, and of a test in a run of its own, the hyperparameters that tell runs apart and
+the run's results go to every logger (``run_hparams.py``), so TensorBoard's HParams tab lines runs
+up as a table.
 """
 
 import json
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from core.files import write_text_atomically
 
 from callbacks.run_figures import published
+from callbacks.run_hparams import log_run_hparams
 from evaluation.run_table import summary_markdown
 
 class RunSummary(Callback):
+    def __init__(self):
+        self.best_val_loss: float | None = None  # over every validation of the fit, resumes included
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        loss = _metric(trainer, "val/loss")
+        if not trainer.sanity_checking and loss is not None:
+            self.best_val_loss = loss if self.best_val_loss is None else min(self.best_val_loss, loss)
+
+    def state_dict(self) -> dict:
+        return {"best_val_loss": self.best_val_loss}  # in the checkpoint: a resumed fit keeps its best
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_val_loss = state_dict.get("best_val_loss")
+
     def teardown(self, trainer, pl_module, stage: str) -> None:
         """After every ``on_fit_end``/``on_test_end``, so the memory monitor has closed its windows."""
         if stage not in ("fit", "test"):
@@ -47,12 +59,14 @@ class RunSummary(Callback):
             return
         folder.mkdir(parents=True, exist_ok=True)
         summary = build_summary(trainer, pl_module, f"{folder.parent.name}/{folder.name}")
-        if stage == "test":
+        summary["best_val_loss"] = self.best_val_loss if stage == "fit" else None
+        after_a_fit = stage == "test" and (folder / "summary.json").exists()
+        if after_a_fit:
             summary = _keep_training_figures(folder / "summary.json", summary)
         write_text_atomically(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
         write_text_atomically(folder / "summary.md", summary_markdown(summary))
-        if stage == "fit":
-            log_hparams_with_final_metrics(trainer, pl_module, summary)
+        if not after_a_fit:  # TensorBoard keeps a run's first HParams session: the fit's stays
+            log_run_hparams(trainer, pl_module, summary)
 
 
 def build_summary(trainer, pl_module, run_name: str) -> dict:
@@ -69,7 +83,7 @@ def build_summary(trainer, pl_module, run_name: str) -> dict:
         **{name: speed.get(name) for name in
            ("epoch_seconds", "step_seconds", "tokens_per_second", "samples_per_second", "mfu")},
         "final_train_loss": _metric(trainer, "train/loss_epoch"),
-        "last_step_train_loss": _metric(trainer, "train/loss_step"),
+        "last_step_train_loss": _metric(trainer, "train/loss"),
         "final_val_loss": _metric(trainer, "val/loss"),
         "test_metrics": {name: float(value) for name, value in trainer.callback_metrics.items()
                          if name.startswith("test/")},
@@ -104,57 +118,3 @@ def _configured_lr(optimizer) -> float | None:
 def _metric(trainer, name: str) -> float | None:
     value = trainer.callback_metrics.get(name)
     return None if value is None else float(value)
-
-
-# The HParams tab ---------------------------------------------------------------------------------
-FINAL_METRICS = ("final_train_loss", "final_val_loss", "tokens_per_second", "epoch_seconds", "peak_memory_mib")
-
-
-def run_hparams(trainer, pl_module, summary: dict) -> dict:
-    """What tells runs apart, flat and scalar (TensorBoard's HParams tab takes str, number, bool)."""
-    datamodule, peft_config = trainer.datamodule, pl_module.peft_config
-    params = {
-        "model": str(pl_module.model_name_or_path), "method": summary["method"], "optimizer": summary["optimizer"],
-        "lr": summary["lr"], "lr_schedule": getattr(pl_module, "lr_schedule", None),
-        "warmup": getattr(pl_module, "warmup", None), "precision": str(trainer.precision),
-        "accumulate_grad_batches": trainer.accumulate_grad_batches,
-        "batch_size": getattr(datamodule, "batch_size", None), "max_length": getattr(datamodule, "max_length", None),
-        "padding_free": getattr(datamodule, "padding_free", None),
-        "max_tokens_per_batch": getattr(datamodule, "max_tokens_per_batch", None),
-        "trainable_percent": summary["trainable_percent"],
-    }
-    for name in ("r", "lora_alpha", "lora_dropout", "num_virtual_tokens"):  # the PEFT method's size, where it has one
-        if isinstance(getattr(peft_config, name, None), (int, float)):
-            params[f"peft_{name}"] = getattr(peft_config, name)
-    return {name: value for name, value in params.items() if value is not None}
-
-
-def final_metrics(trainer, summary: dict) -> dict[str, float]:
-    metrics = {f"hparams/{name}": float(summary[name]) for name in FINAL_METRICS if summary.get(name) is not None}
-    score = trainer.callback_metrics.get("val/overall/score")  # validation answers' task metric, when on
-    if score is not None:
-        metrics["hparams/val_overall_score"] = float(score)
-    return metrics
-
-
-def log_hparams_with_final_metrics(trainer, pl_module, summary: dict) -> None:
-    params, metrics = run_hparams(trainer, pl_module, summary), final_metrics(trainer, summary)
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            write_hparams_session(Path(logger.log_dir) / "hparams", params, metrics, trainer.global_step)
-        else:
-            logger.log_hyperparams(params)
-            logger.log_metrics(metrics, step=trainer.global_step)
-            logger.save()
-
-
-def write_hparams_session(folder: Path, params: dict, metrics: dict[str, float], step: int) -> None:
-    """One TensorBoard HParams session (hyperparameters, the metric tags and their values) in ``folder``."""
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
-
-    with SummaryWriter(log_dir=str(folder)) as writer:
-        for summary in hparams(params, metrics):  # experiment, session start, session end
-            writer.file_writer.add_summary(summary)
-        for name, value in metrics.items():
-            writer.add_scalar(name, value, step)

@@ -1,17 +1,17 @@
 """Training speed: seconds per epoch and per optimizer step, real tokens and samples per second, MFU.
 
-Built on Lightning's ``ThroughputMonitor`` for the per-step figures, through its public hooks only:
+One family of speed figures, not two. Lightning's ``ThroughputMonitor`` (which this class extended
+until issue 28) logged a second one every step under ``train/device/...``, ``train/time``,
+``train/lengths``, ``validate/...``: rolling figures over 20 batches that said the same as these
+in other units, with an MFU taken against the peak of the precision *setting* (the float32 peak
+for bfloat16 weights under ``32-true``), and cluttered the ``train`` section around the loss. These
+are kept because they are what ``summary.json``, ``sft compare`` and the benchmarks report, so the
+chart and the table agree. They count real tokens, not padding: padding is work the GPU does but
+not work the run needed, and counting it would flatter a run that pads badly (shuffled batches of
+mixed lengths) over one that groups by length.
 
-- It is given ``length_fn=real_tokens_in``, so its token counts are the real (not padding) tokens:
-  padding is work the GPU does but not work the run needed, and counting it would flatter a run
-  that pads badly (shuffled batches of mixed lengths) over one that groups by length.
-- Every step it logs rolling figures over the last ``window_size`` batches under
-  ``train/device/...`` (``items_per_sec`` = real tokens/s, ``samples_per_sec``, ``flops_per_sec``,
-  ``mfu`` on a GPU it knows) and running totals ``train/time``, ``train/samples``,
-  ``train/lengths``; the same for validation under ``validate/...``.
-
-On top, at the end of every training epoch this logs whole-epoch figures, counted here on its own
-clock with validation time left out, and keeps them in ``summary`` for the run summary:
+At the end of every training epoch this logs whole-epoch figures, counted on its own clock with
+validation time left out, and keeps them in ``summary`` for the run summary:
 ``time/epoch_seconds``, ``time/step_seconds`` (mean per optimizer step),
 ``throughput/tokens_per_second``, ``throughput/samples_per_second`` (also published as
 ``run_figures["speed"]`` on the module) and, where Lightning knows the
@@ -35,7 +35,7 @@ import time
 
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.run_figures import publish
@@ -79,7 +79,8 @@ def training_flops(model: torch.nn.Module, batch: dict) -> int:
 
 
 def forward_flops(model: torch.nn.Module, batch: dict) -> int:
-    """Forward-only model FLOPs of one evaluation batch: a third of full fine-tuning's step."""
+    """Forward-only model FLOPs of one evaluation batch: a third of full fine-tuning's step (not logged:
+    the callback below times training only)."""
     (body, _), (output, _) = matmul_parameter_counts(model)
     row_lengths = example_lengths(batch)
     layers, width = attention_width(model.config)
@@ -87,50 +88,32 @@ def forward_flops(model: torch.nn.Module, batch: dict) -> int:
             + 4 * layers * width * int((row_lengths**2).sum()))
 
 
-class SFTThroughputMonitor(ThroughputMonitor):
-    def __init__(self, window_size: int = 20):
-        """
-        Args:
-            window_size: Batches in the rolling average of the per-step figures (at least 2); the
-                per-epoch figures cover the whole epoch whatever this is.
-        """
-        super().__init__(batch_size_fn=samples_in, length_fn=real_tokens_in, window_size=window_size)
+class SFTThroughputMonitor(Callback):
+    def __init__(self):
         self.summary: dict[str, float] = {}
         self._epoch = _EpochTotals()
         self._validation_started: float | None = None
 
     # 1. FLOPs per batch -----------------------------------------------------------------------------
-    # Lightning reads ``flops_per_batch`` off the module at every batch end; batches differ in length,
-    # so it is set per batch from that batch's real tokens.
+    # Batches differ in length, so the FLOPs are set per batch from that batch's real tokens (on the
+    # module, where the epoch totals below read them).
     def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:
         pl_module.flops_per_batch = training_flops(pl_module.model, batch)
-
-    def on_validation_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0):
-        pl_module.flops_per_batch = forward_flops(pl_module.model, batch)
-
-    def on_test_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0):
-        pl_module.flops_per_batch = None  # test also generates answers: its FLOPs are not one forward pass
-
-    def on_predict_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0):
-        pl_module.flops_per_batch = None  # generation: many forward passes of growing length
 
     # 2. Whole-epoch figures, on its own clock: training time only, validation left out --------------
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch = _EpochTotals(started=_synchronized_clock(trainer), step_at_start=trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self._epoch.add(real_tokens_in(batch), samples_in(batch), pl_module.flops_per_batch)
         if self._epoch.first_step_end is None and trainer.global_step > self._epoch.step_at_start:
             self._epoch.end_first_step(_synchronized_clock(trainer))
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        super().on_validation_start(trainer, pl_module)
         if trainer.training:  # validation inside a fit's epoch: its time is not training time
             self._validation_started = _synchronized_clock(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)
         if self._validation_started is not None:
             self._epoch.validation_seconds += _synchronized_clock(trainer) - self._validation_started
             self._validation_started = None
@@ -198,8 +181,8 @@ def _synchronized_clock(trainer) -> float:
 def peak_flops_per_second(trainer, pl_module) -> float | None:
     """The device's peak for the dtype the matmuls really run in; None on CPUs (no table for them).
 
-    Lightning's rolling ``train/device/mfu`` takes the dtype from the precision setting alone; with
-    bfloat16 weights under ``32-true`` it would measure against the float32 peak. This figure does not.
+    Lightning's ``ThroughputMonitor`` takes the dtype from the precision setting alone; with bfloat16
+    weights under ``32-true`` it would measure against the float32 peak. This figure does not.
     """
     device = trainer.strategy.root_device
     if device.type != "cuda":

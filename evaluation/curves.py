@@ -11,8 +11,9 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-TRAIN_LOSS, VAL_LOSS = "train/loss_step", "val/loss"
+TRAIN_LOSS, VAL_LOSS = "train/loss", "val/loss"
 LOSS_CURVES = (TRAIN_LOSS, VAL_LOSS)
+EARLIER_TAGS = {"train/loss_step": TRAIN_LOSS}  # runs written before the step loss was logged as train/loss
 RAW_ALPHA = 0.25  # the unsmoothed step loss, behind its smoothed line
 POINTS_PER_SMOOTHING_WINDOW = 20  # a series of n points is smoothed over about n / 20 of them
 
@@ -22,9 +23,10 @@ def read_loss_curves(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0 = keep every point
     events.Reload()
     logged = set(events.Tags()["scalars"])
+    curves = {EARLIER_TAGS.get(tag, tag): tag for tag in (*EARLIER_TAGS, *LOSS_CURVES) if tag in logged}
     return {
-        tag: ([event.step for event in events.Scalars(tag)], [event.value for event in events.Scalars(tag)])
-        for tag in LOSS_CURVES if tag in logged
+        name: ([event.step for event in events.Scalars(tag)], [event.value for event in events.Scalars(tag)])
+        for name, tag in curves.items()
     }
 
 

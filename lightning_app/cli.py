@@ -4,13 +4,12 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from callbacks.answer_metrics import AnswerMetrics
 from callbacks.checkpoint import SFTCheckpoint
-from callbacks.data_stats import DataStatsLogger
+from callbacks.run_card import RunCard
 from callbacks.exact_resume import ExactResume
 from callbacks.memory import MemoryMonitor
 from callbacks.merge_adapters import MergeAdapters
@@ -26,7 +25,7 @@ from core.embedded import resolve_model_path
 from datamodules.sft_datamodule import SFTDataModule
 from datamodules.training_data import new_training_data, saved_fingerprint
 from lightning_app import quiet
-from lightning_app.run_dirs import newest_last_checkpoint, version_of_checkpoint
+from lightning_app.run_dirs import newest_last_checkpoint, next_run_version, version_of_checkpoint
 from modules.backbone.weight_files import check_weight_files
 from modules.sft_module import SFTModule
 from modules.training.checkpoint_settings import refuse_other_settings
@@ -36,7 +35,8 @@ from modules.training.resume import nothing_left_to_train
 TRAINER_DEFAULTS = {
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "runs", "name": "sft"},
+        # No placeholder hp_metric of -1: the run summary logs real results as the HParams metrics.
+        "init_args": {"save_dir": "runs", "name": "sft", "default_hp_metric": False},
     },
 }
 
@@ -46,9 +46,8 @@ ALWAYS_ON_CALLBACKS = {
     "numerics": Numerics,
     "exact_resume": ExactResume,  # random state in checkpoints: a resumed fit draws the same dropout masks
     "resume_checks": ResumeChecks,  # model settings in checkpoints; new training data starts at its first record
-    "lr_monitor": LearningRateMonitor,
     "predictions": PredictionWriter,
-    "data_stats": DataStatsLogger,
+    "run_card": RunCard,  # one text card of the run's fixed facts (model, method, data), not one-point charts
     "answer_metrics": AnswerMetrics,
     "val_answers": ValidationAnswers,
     "merge": MergeAdapters,
@@ -60,8 +59,11 @@ ALWAYS_ON_CALLBACKS = {
 
 
 class SFTCLI(LightningCLI):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, run_label: str | None = None, **kwargs):
+        """``run_label``: what the run folder is named for (default: the subcommand); ``sft demo`` tells
+        its two test runs apart with it (``test-tuned``, ``test-base``)."""
         quiet.install()
+        self.run_label = run_label
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(SFTModule, SFTDataModule, *args, **kwargs)
@@ -81,6 +83,7 @@ class SFTCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             self._resolve_last_checkpoint(self.config[subcommand], resume=(subcommand == "fit"))
+            self._name_the_run(self.config[subcommand], self.run_label or subcommand)
 
     def _parse_ckpt_path(self) -> None:
         """A named checkpoint is read (or refused in one line: missing, truncated, not a checkpoint,
@@ -101,6 +104,17 @@ class SFTCLI(LightningCLI):
         config.ckpt_path = str(checkpoint)
         if resume:
             logger_args.version = version_of_checkpoint(checkpoint)
+
+    @staticmethod
+    def _name_the_run(config, label: str) -> None:
+        """The run folder says what ran (``runs/<name>/fit``, ``test``, ...: lightning_app/run_dirs.py), and
+        the logger writes without a placeholder hp_metric, for every TensorBoard or CSV logger; a version
+        already set (in the config, on the command line, or by a resumed fit) is kept."""
+        for logger_args in _versioned_logger_args(config.trainer.logger):
+            if logger_args.get("version") is None:
+                logger_args.version = next_run_version(logger_args.save_dir, logger_args.name or "", label)
+            if "default_hp_metric" in logger_args:
+                logger_args.default_hp_metric = False
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -178,6 +192,13 @@ class SFTCLI(LightningCLI):
         say = rank_zero_only(print)
         say(f"checkpoints: {self.trainer.checkpoint_callback.dirpath}")
         say(f"TensorBoard logs: {log_dir}  (view: tensorboard --logdir {Path(log_dir).parent})")
+
+
+def _versioned_logger_args(logger_config) -> list:
+    """The init_args of the configured loggers that name a run folder by ``version`` (TensorBoard, CSV)."""
+    configs = logger_config if isinstance(logger_config, list) else [logger_config]
+    init_args = [getattr(config, "init_args", None) for config in configs]
+    return [args for args in init_args if args is not None and "version" in args and args.get("save_dir")]
 
 
 @contextmanager

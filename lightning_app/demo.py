@@ -1,7 +1,9 @@
 """``sft demo``: fine-tune, evaluate base and tuned, answer the test set, and compare, in one go.
 
-This is what ``make demo`` runs. Every step is an ordinary ``sft`` subcommand on the same config;
-run directories are read back from each step, so nothing depends on version numbers.
+This is what ``make demo`` runs. Every step is an ordinary ``sft`` subcommand on the same config, in
+a run folder named for it (``fit``, ``test-tuned``, ``test-base``, ``predict``: what TensorBoard lists);
+run directories are read back from each step, so a second demo in the same folder (``fit_1``, ...)
+reads its own.
 """
 
 import argparse
@@ -20,10 +22,11 @@ class StepResult:
     test_records: list | None  # the test split's records, as the data module read them (test steps)
 
 
-def _run(args: list[str]) -> StepResult:
-    """Run one subcommand; return its run directory, last checkpoint and test records, and free its model."""
+def _run(args: list[str], run_label: str | None = None) -> StepResult:
+    """Run one subcommand in a run folder named ``run_label`` (default: the subcommand); return its run
+    directory, last checkpoint and test records, and free its model."""
     print(f"\n=== sft {' '.join(args)}", flush=True)
-    cli = SFTCLI(args=args)
+    cli = SFTCLI(args=args, run_label=run_label)
     datamodule = cli.datamodule
     result = StepResult(Path(cli.trainer.log_dir), cli.trainer.checkpoint_callback.last_model_path,
                         datamodule.records("test") if args[0] == "test" else None)
@@ -53,8 +56,9 @@ def run_demo(config: str, references: str, extra: list[str]) -> dict[str, Path]:
     predict_is_test = check_answering_files(config, references, extra)
     fit = _run(["fit", "--config", config, *extra])
     checkpoint, fit_dir = fit.checkpoint, fit.run_dir
-    tuned = _run(["test", "--config", config, "--ckpt_path", checkpoint, "--data.test_path", references, *extra])
-    base = _run(["test", "--config", config, "--data.test_path", references, *extra])
+    tuned = _run(["test", "--config", config, "--ckpt_path", checkpoint, "--data.test_path", references, *extra],
+                 "test-tuned")
+    base = _run(["test", "--config", config, "--data.test_path", references, *extra], "test-base")
     if predict_is_test:
         answers = tuned.run_dir / "test_answers" / "predictions.json"
     else:

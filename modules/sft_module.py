@@ -51,9 +51,10 @@ from modules.speed.compiled_loss import compile_loss
 from modules.speed.compiling import compile_repeated_blocks, compiles_this_run, eager_generation
 from modules.speed.frozen_weights import store_frozen_weights_for_fit
 from modules.speed.training_attention import use_block_attention_in_budget
+from modules.training.grad_norm import total_grad_norm
 from modules.training.optimizer import Schedule, one_dimensional_names, parameter_groups, schedule, with_fused_step
 from modules.training.resume import follow_current_schedule, mark_cut_epoch_unfinished, rebuild_train_loader_after_restore
-from modules.training.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding
+from modules.training.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding, shards_parameters
 
 
 # Validation and test means are reduced over the ranks here (``_log_evaluation``), then logged as they are.
@@ -271,11 +272,6 @@ class SFTModule(L.LightningModule):
         (called before ``configure_model``: decided from the config, not the model)."""
         return [AdaLoraBudget()] if isinstance(self.peft_config, peft.AdaLoraConfig) else []
 
-    def on_fit_start(self) -> None:
-        for logger in self.loggers:
-            logger.log_metrics({"model/trainable_parameters": float(self.trainable_parameters),
-                                "model/trainable_percent": 100 * self.trainable_share}, step=self.global_step)
-
     def on_train_start(self) -> None:
         """The checkpoint is restored by now: a resumed fit continues its epoch's batch order where it
         stopped, and on the schedule of its (maybe larger) budget."""
@@ -308,20 +304,26 @@ class SFTModule(L.LightningModule):
         return self.trainer.strategy.reduce(tensor, reduce_op="sum")  # one process: the tensor itself
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """All micro-batches of the step are in (on every rank): log its losses (one point per
-        optimizer step; the epoch value is the mean step loss), for every head and whatever each part
-        is a mean over, and the tokens seen. A non-finite step is left out: the numerics callback
-        stops the run on it, or skips the step (then the epoch mean stays the mean of the steps that
-        were taken)."""
+        """All micro-batches of the step are in (on every rank), not yet clipped: log one point per
+        optimizer step of its losses, token accuracy and entropy (``train/loss``, ...: whatever each
+        is a mean over), ``train/loss_epoch`` (the mean step loss), the gradient norm before clipping,
+        the learning rate the step takes and the tokens seen. A non-finite step is left out: the
+        numerics callback stops the run on it, or skips the step (then the epoch mean stays the mean
+        of the steps that were taken)."""
         step_losses = step_losses_over_ranks(self._step_losses, self._sum_over_ranks)
         self._step_losses = {}
-        self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False, batch_size=1)
-        self.log("train/trained_tokens_seen", float(self.trained_tokens_seen), on_step=True, on_epoch=False,
-                 batch_size=1)
+        for name, value in (("tokens_seen", self.tokens_seen), ("trained_tokens_seen", self.trained_tokens_seen),
+                            ("learning_rate", optimizer.param_groups[0]["lr"])):
+            self.log(f"train/{name}", float(value), on_step=True, on_epoch=False, batch_size=1)
         if not all(torch.isfinite(value).all() for value in step_losses.values()):
             return
         for name, value in step_losses.items():
-            self.log(f"train/{name}", value, batch_size=1, on_step=True, on_epoch=True, prog_bar=(name == "loss"))
+            self.log(f"train/{name}", value, batch_size=1, on_step=True, on_epoch=False, prog_bar=(name == "loss"))
+        self.log("train/loss_epoch", step_losses["loss"], batch_size=1, on_step=False, on_epoch=True)
+        sharded = shards_parameters(self.trainer.strategy)
+        grad_norm = total_grad_norm(self.parameters(), self._sum_over_ranks if sharded else None)
+        if grad_norm is not None:
+            self.log("train/grad_norm", grad_norm, batch_size=1, on_step=True, on_epoch=False)
 
     # 3. Evaluate --------------------------------------------------------------------------------
     def _evaluation_step(self, batch: dict, stage: str) -> None:

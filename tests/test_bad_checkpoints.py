@@ -49,7 +49,7 @@ def fitted(tiny_model_dir, tmp_path_factory):
             "--trainer.logger.init_args.save_dir", str(folder / "runs"), "--trainer.logger.init_args.name", "qa",
             "--model.generation.max_new_tokens", "4", "--merge.enabled", "false"]
     main(["fit", *args, "--trainer.max_steps", "1"])
-    return folder, args, folder / "runs" / "qa" / "version_0" / "checkpoints" / "last.ckpt"
+    return folder, args, folder / "runs" / "qa" / "fit" / "checkpoints" / "last.ckpt"
 
 
 # Every kind with predict; the check runs before any subcommand's work, so fit and test once each.

@@ -73,7 +73,7 @@ def world(tiny_model_dir, tmp_path_factory) -> World:
                "--model.generation.max_new_tokens", "4", "--merge.enabled", "false",
                "--model.peft_config", "peft.LoraConfig", "--model.peft_config.init_args.r", "4"]
     main(["fit", *options, "--trainer.max_steps", "2"])
-    return World(folder, options, folder / "runs" / "qa" / "version_0" / "checkpoints" / "last.ckpt",
+    return World(folder, options, folder / "runs" / "qa" / "fit" / "checkpoints" / "last.ckpt",
                  Path(tiny_model_dir))
 
 

@@ -116,15 +116,15 @@ def test_cli_fit_then_predict_with_the_same_template(base_model_dir, tmp_path, m
     path = tmp_path / "base.yaml"
     path.write_text(yaml.safe_dump(config))
     main(["fit", "--config", str(path)])
-    checkpoint = torch.load(tmp_path / "runs" / "base" / "version_0" / "checkpoints" / "last.ckpt",
+    checkpoint = torch.load(tmp_path / "runs" / "base" / "fit" / "checkpoints" / "last.ckpt",
                             map_location="cpu", weights_only=False)
     assert any("trainable_tokens_delta" in key for key in checkpoint["state_dict"])  # the new rows travel
-    merged = tmp_path / "runs" / "base" / "version_0" / "merged"  # passed the merge check at the end of fit
+    merged = tmp_path / "runs" / "base" / "fit" / "merged"  # passed the merge check at the end of fit
     merged_tokenizer = AutoTokenizer.from_pretrained(merged)
     assert merged_tokenizer.chat_template == CHATML_TEMPLATE and merged_tokenizer.eos_token_id == IM_END
     merged_model = AutoModelForCausalLM.from_pretrained(merged)
     assert merged_model.get_input_embeddings().num_embeddings == BASE_VOCAB + 2
     assert merged_model.generation_config.eos_token_id == IM_END  # stops where training taught it to
     main(["predict", "--config", str(path), "--ckpt_path", "last"])
-    answers = json.loads((tmp_path / "runs" / "base" / "version_1" / "predictions.json").read_text())
+    answers = json.loads((tmp_path / "runs" / "base" / "predict" / "predictions.json").read_text())
     assert [row["id"] for row in answers["result"]["results"]] == ["q0", "q1"]

@@ -47,7 +47,7 @@ def test_comparison_table_has_one_parsable_row_per_run(two_runs, tmp_path):
 
 def test_loss_curves_are_read_from_the_event_files(two_runs):
     curves = read_loss_curves(Path(two_runs[0]))
-    train_steps, train_losses = curves["train/loss_step"]
+    train_steps, train_losses = curves["train/loss"]
     assert train_steps == list(range(TRAIN_BATCHES)) and all(0 < loss < 20 for loss in train_losses)
     val_steps, val_losses = curves["val/loss"]
     assert len(val_steps) == len(val_losses) == 1

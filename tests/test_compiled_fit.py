@@ -34,7 +34,7 @@ def fit_summary(tmp_path, model_dir, torch_compile: str) -> dict:
           "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
           "--trainer.logger.init_args.name", torch_compile, "--merge.enabled", "false",
           "--checkpoint.monitor", "null", "--checkpoint.save_last", "false", "--checkpoint.save_top_k", "0"])
-    return json.loads((tmp_path / "runs" / torch_compile / "version_0" / "summary.json").read_text())
+    return json.loads((tmp_path / "runs" / torch_compile / "fit" / "summary.json").read_text())
 
 
 @pytest.mark.numerics

@@ -84,7 +84,7 @@ def test_config_smoke_runs_on_a_tiny_model(config, tiny_model_dir, tmp_path, mon
         pytest.skip(f"{config.name} is marked '{GPU_ONLY_MARKER} {reason}' and this machine has no CUDA GPU")
     monkeypatch.chdir(PROJECT_ROOT)
     main(smoke_args(config, tiny_model_dir, tmp_path / "runs", "gpu" if reason else "cpu"))
-    assert list((tmp_path / "runs").glob("*/version_0/checkpoints/last.ckpt"))
+    assert list((tmp_path / "runs").glob("*/fit/checkpoints/last.ckpt"))
 
 
 def test_the_gpu_only_config_is_the_gpu_tables_qlora_row():
@@ -105,4 +105,4 @@ def test_a_quantized_config_stops_before_any_step_where_bitsandbytes_kernels_do_
         main(smoke_args(config, tiny_model_dir, tmp_path / "runs", "cpu"))
     assert str(raised.value) == (f"model.quantization: {setting}: bitsandbytes' CPU kernels do not run on this machine "
                                  "(RuntimeError: no CPU backend); drop model.quantization or run on a CUDA GPU")
-    assert not list((tmp_path / "runs").glob("*/version_0/checkpoints/*.ckpt"))  # stopped before any step
+    assert not list((tmp_path / "runs").glob("*/*/checkpoints/*.ckpt"))  # stopped before any step

@@ -124,7 +124,7 @@ def run_until_killed(config: str, resume: bool, kill_after_lines: int, log: Path
 def test_a_fit_killed_at_random_moments_ends_with_the_uninterrupted_weights(dropout_config, tmp_path):
     start_preimporting()  # the killed fits' imports, while the uninterrupted fit runs here
     main(["fit", "--config", dropout_config, "--trainer.logger.init_args.name", "straight"])
-    straight = load(tmp_path / "runs" / "straight" / "version_0" / "checkpoints" / "last.ckpt")
+    straight = load(tmp_path / "runs" / "straight" / "fit" / "checkpoints" / "last.ckpt")
     assert "random_state" in straight["callbacks"]["ExactResume"]
 
     # Marked moments in a whole fit: per step a step line, a save and a write line for last.ckpt and for
@@ -135,7 +135,7 @@ def test_a_fit_killed_at_random_moments_ends_with_the_uninterrupted_weights(drop
     killed_config["trainer"]["plugins"] = [{"class_path": "tests.test_crash_exact.HalvedWrites"}]
     killed = tmp_path / "killed.yaml"
     killed.write_text(yaml.safe_dump(killed_config))
-    checkpoints = tmp_path / "runs" / "killed" / "version_0" / "checkpoints"
+    checkpoints = tmp_path / "runs" / "killed" / "fit" / "checkpoints"
     started, kills, killed_at = time.monotonic(), 0, []
     while True:
         resume = (checkpoints / "last.ckpt").is_file()
@@ -176,8 +176,8 @@ def stopped_at_step_3(tiny_model_dir, tmp_path_factory) -> tuple[str, dict, Path
         patch.setenv("SFT_TOKEN_CACHE", str(folder / "token-cache"))  # as tests/conftest.py gives each test
         main(["fit", "--config", config, *CONSTANT, "--trainer.logger.init_args.name", "straight"])
         main(["fit", "--config", config, *CONSTANT, "--trainer.max_steps", "3"])
-    straight = load(folder / "runs" / "straight" / "version_0" / "checkpoints" / "last.ckpt")
-    return config, straight, folder / "runs" / "killed" / "version_0" / "checkpoints" / "last.ckpt"
+    straight = load(folder / "runs" / "straight" / "fit" / "checkpoints" / "last.ckpt")
+    return config, straight, folder / "runs" / "killed" / "fit" / "checkpoints" / "last.ckpt"
 
 
 @pytest.mark.numerics
@@ -193,7 +193,7 @@ def test_a_resume_continues_the_dropout_masks_only_with_the_random_state(stopped
         torch.save(state, checkpoint)
     main(["fit", "--config", config, *CONSTANT, "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
           "--ckpt_path", str(checkpoint)])
-    resumed = load(tmp_path / "runs" / "killed" / "version_0" / "checkpoints" / "last.ckpt")
+    resumed = load(tmp_path / "runs" / "killed" / "fit" / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == 8
     # the same kernels in the same order as the uninterrupted fit: near-exact, where other masks move weights by ~1e-2
     same = [torch.allclose(resumed["state_dict"][name], weight, rtol=1e-6, atol=0)

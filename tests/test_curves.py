@@ -18,8 +18,8 @@ def test_smoothing_is_a_debiased_ema():
 def test_plot_has_smoothed_train_raw_behind_val_points_and_legend_outside(tmp_path):
     steps = list(range(200))
     noisy = [3.0 - step / 100 + (0.5 if step % 2 else -0.5) for step in steps]  # a zigzag around a slope
-    runs = [("lora", {"train/loss_step": (steps, noisy), "val/loss": ([99, 199], [2.2, 1.4])}),
-            ("full", {"train/loss_step": (steps, [value - 0.3 for value in noisy])})]
+    runs = [("lora", {"train/loss": (steps, noisy), "val/loss": ([99, 199], [2.2, 1.4])}),
+            ("full", {"train/loss": (steps, [value - 0.3 for value in noisy])})]
     figure = plot_loss_curves(runs, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     (axes,) = figure.axes

@@ -86,11 +86,11 @@ def fit_in_process(config: str, runs: Path, name: str, *args: str) -> Path:
     """One process accumulating 2 micro-batches a step; the run's folder."""
     main(["fit", "--config", config, "--trainer.accumulate_grad_batches", "2",
           "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", name, *args])
-    return runs / name / "version_0"
+    return runs / name / "fit"
 
 
 def step_losses(run_dir: Path) -> list[float]:
-    return [point.value for point in EventAccumulator(str(run_dir)).Reload().Scalars("train/loss_step")]
+    return [point.value for point in EventAccumulator(str(run_dir)).Reload().Scalars("train/loss")]
 
 
 def val_loss(run_dir: Path) -> float:
@@ -137,7 +137,7 @@ def ddp_and_one_process(tiny_model_dir, tmp_path_factory) -> tuple[str, subproce
         start_preimporting()  # the DDP run's imports, while the one-process run trains
         one_dir = fit_in_process(config, folder / "runs", "one")
         ddp = fit_on_two_processes(config)
-    return config, ddp, folder / "runs" / "ddp" / "version_0", one_dir
+    return config, ddp, folder / "runs" / "ddp" / "fit", one_dir
 
 
 def test_ddp_on_two_processes_trains_as_one_process_and_checkpoints_cross_over(ddp_and_one_process, tmp_path):
@@ -145,7 +145,7 @@ def test_ddp_on_two_processes_trains_as_one_process_and_checkpoints_cross_over(d
     # 1. Two ranks with micro-batch 2, two steps: both exit 0, with a checkpoint and a summary.
     assert ddp.returncode == 0, ddp.stderr[-4000:]
     assert (ddp_dir / "summary.json").is_file() and (ddp_dir / "merged").is_dir()
-    assert not (ddp_dir.parent / "version_1").exists()  # rank 1 wrote no run folder of its own
+    assert not (ddp_dir.parent / "fit_1").exists()  # rank 1 wrote no run folder of its own
 
     # 2. One process accumulating 2 micro-batches of 2: the same step losses and the same adapters.
     ddp_losses, one_losses = step_losses(ddp_dir), step_losses(one_dir)
@@ -166,7 +166,7 @@ def test_ddp_on_two_processes_trains_as_one_process_and_checkpoints_cross_over(d
                                   "--trainer.logger.init_args.name", "on_two", "--trainer.max_steps", "4",
                                   "--ckpt_path", str(one_dir / "checkpoints" / "last.ckpt"))
     assert on_two.returncode == 0, on_two.stderr[-4000:]
-    on_two_dir = tmp_path / "runs" / "on_two" / "version_0"
+    on_two_dir = tmp_path / "runs" / "on_two" / "fit"
     assert step_losses(on_two_dir) == pytest.approx(step_losses(whole_dir)[2:], **RESUMED_LOSSES)
     assert_same_resumed_weights(adapter_weights(on_two_dir), adapter_weights(whole_dir))
 
@@ -187,7 +187,7 @@ def test_a_4bit_lora_on_two_processes_trains_as_one_process_and_merges(tiny_mode
     edit_config(config, "model", quantization="4bit")
     result = fit_on_two_processes(config)
     assert result.returncode == 0, result.stderr[-3000:]
-    two = tmp_path / "runs" / "ddp" / "version_0"
+    two = tmp_path / "runs" / "ddp" / "fit"
     one = fit_in_process(config, tmp_path / "one", "one", "--merge.enabled", "false")
     expected, got = adapter_weights(one), adapter_weights(two)
     for name in expected:  # float32: the ranks' mean and the accumulated sum add the same terms in another order

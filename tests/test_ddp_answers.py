@@ -100,7 +100,7 @@ def test_test_on_two_processes_scores_every_answer_as_one_process(greedy_config,
     assert not list((tmp_path / "ddp" / "test_answers").glob("answers.partial*"))
     # test/loss over both ranks' batches, rank 1's repeat of [t1, t6] left out: the one-process value.
     one_loss, ddp_loss = (EventAccumulator(str(tmp_path / "runs" / "answers" / version)).Reload().Scalars("test/loss")[-1].value
-                          for version in ("version_0", "version_1"))
+                          for version in ("test", "test_1"))  # one process, then two
     # the same batches' forwards (a rank's single thread may block a matmul otherwise) summed over ranks:
     # one forward's reordering (tests/tolerances.py, rule 2)
     assert_close_normwise(torch.tensor(ddp_loss), torch.tensor(one_loss), reordering_bound(torch.float32))

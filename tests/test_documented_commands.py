@@ -321,7 +321,7 @@ def answered_every_record(metrics: dict, references: Path) -> None:
 def check_fit(outcome: Outcome) -> None:
     """The run folder holds the last checkpoint at the last step, a best one by the monitor (so validation
     ran), the summary and, unless the config turns it off, the merged export with its logit check."""
-    [last] = written(outcome, "runs/*/version_*/checkpoints/last.ckpt")
+    [last] = written(outcome, "runs/*/*/checkpoints/last.ckpt")
     run_dir = last.parent.parent
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == \
         int(options_of(outcome.args)["--trainer.max_steps"])
@@ -339,18 +339,18 @@ def check_fit(outcome: Outcome) -> None:
 def check_validate(outcome: Outcome) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    [config] = written(outcome, "runs/*/version_*/config.yaml")
+    [config] = written(outcome, "runs/*/*/config.yaml")
     [val_loss] = EventAccumulator(str(config.parent)).Reload().Scalars("val/loss")
     assert 0 < val_loss.value < 20
 
 
 def check_test(outcome: Outcome) -> None:
-    [metrics] = written(outcome, "runs/*/version_*/metrics.json")
+    [metrics] = written(outcome, "runs/*/*/metrics.json")
     answered_every_record(json.loads(metrics.read_text()), data_file(outcome, "test"))
 
 
 def check_predict(outcome: Outcome) -> None:
-    [predictions] = written(outcome, "runs/*/version_*/predictions.json")
+    [predictions] = written(outcome, "runs/*/*/predictions.json")
     answers = json.loads(predictions.read_text())["result"]["results"]
     assert [row["id"] for row in answers] == record_ids(raw_records(data_file(outcome, "predict")))
 

@@ -155,7 +155,7 @@ def test_benchmark_compares_one_row_per_method(benchmark):
              if line.startswith("|")]
     assert table_cells(table[0]) == COLUMNS and len(table) == 2 + len(methods)
     rows = [dict(zip(COLUMNS, table_cells(line))) for line in table[2:]]
-    assert [row["run"] for row in rows] == [f"qwen3_0.6b_{method}/version_0" for method in methods]
+    assert [row["run"] for row in rows] == [f"qwen3_0.6b_{method}/fit" for method in methods]
     assert [(row["method"], row["optimizer"]) for row in rows[:3]] == [
         ("full", "AdamW (lr 2e-05)"), ("full", "SGD (lr 0.02)"), ("LoraConfig", "AdamW (lr 0.0005)")]
     assert [float(row["trainable %"]) for row in rows[:2]] == [100.0, 100.0] and float(rows[2]["trainable %"]) < 100
@@ -174,7 +174,7 @@ def test_benchmark_runs_are_the_configs_on_the_same_random_weights(benchmark, ti
         assert config["model"]["model_name_or_path"] == str(tiny_architecture)
         assert config["trainer"]["precision"] == "bf16-mixed"
         assert not list(run_dir.glob("checkpoints/*.ckpt")) and not (run_dir / "merged").exists()
-        train_steps, train_losses = read_loss_curves(run_dir)["train/loss_step"]
+        train_steps, train_losses = read_loss_curves(run_dir)["train/loss"]
         assert train_steps == [0, 1]  # a loss point per optimizer step
         first_losses.append(train_losses[0])
     # The seed fixes the random weights and the batch order: before any update (LoRA's B starts at

@@ -23,8 +23,8 @@ from tests.modules.training.test_resume import folder_state
 SEED = 7
 NEW_RECORDS = [{"id": f"b{i}", "question": f"Name the colour number {i}.", "answer": f"Colour {i} is blue."}
                for i in range(6)]
-CHECKPOINT = Path("runs/tiny/version_0/checkpoints/last.ckpt")
-RESUMED = Path("runs/tiny/version_1/checkpoints/last.ckpt")  # a resume from a named file writes a new version
+CHECKPOINT = Path("runs/tiny/fit/checkpoints/last.ckpt")
+RESUMED = Path("runs/tiny/fit_1/checkpoints/last.ckpt")  # a resume from a named file writes a new run
 
 
 def write_config(folder: Path, model_dir) -> str:

@@ -109,7 +109,7 @@ def test_a_full_disk_during_the_merge_keeps_the_checkpoints(fit_args, tmp_path, 
         half_written_then(errno.ENOSPC)(b"x" * 1000, filename)
 
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", half_saved)
-    run = tmp_path / "runs" / "demo" / "version_0"
+    run = tmp_path / "runs" / "demo" / "fit"
     last = run / "checkpoints" / "last.ckpt"
     merged_float32 = readable_size(4 * 35_232)  # the tiny Llama's 35,232 weights in float32
     assert sft_error(fit_args, monkeypatch, capsys) == (
@@ -130,7 +130,7 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_last_complete_one(fit_ar
 
     original_save = torch_io._atomic_save
     monkeypatch.setattr(torch_io, "_atomic_save", save_until_step_2)
-    checkpoints = tmp_path / "runs" / "demo" / "version_0" / "checkpoints"
+    checkpoints = tmp_path / "runs" / "demo" / "fit" / "checkpoints"
     line = sft_error([*fit_args, "--checkpoint.every_n_train_steps", "1", "--merge.enabled", "false"],
                      monkeypatch, capsys)
     assert line == (

@@ -48,7 +48,7 @@ def test_a_nan_step_stops_the_run_naming_step_and_ids_and_keeps_the_good_checkpo
     assert "\n" not in message
     assert "loss nan" in message and "at global step 1 " in message
     assert f"(batch ids: {', '.join(nan_on_second_step)})" in message and len(nan_on_second_step) == 2
-    last = load(tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    last = load(tmp_path / "runs" / "tiny" / "fit" / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 1  # the step before; the broken one was never taken nor saved
     assert all(torch.isfinite(weight).all() for weight in last["state_dict"].values())
 
@@ -56,7 +56,7 @@ def test_a_nan_step_stops_the_run_naming_step_and_ids_and_keeps_the_good_checkpo
 def test_skip_mode_drops_the_step_and_counts_it(run_config, tmp_path, nan_on_second_step):
     with pytest.warns(UserWarning, match=r"skipped a non-finite training step: loss nan.* at global step 1 "):
         main([*every_step(run_config), "--numerics.on_nonfinite", "skip", "--trainer.gradient_clip_val", "1.0"])
-    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    run_dir = tmp_path / "runs" / "tiny" / "fit"
     last = load(run_dir / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 4  # the run went on to the end
     assert all(torch.isfinite(weight).all() for weight in last["state_dict"].values())
@@ -67,7 +67,7 @@ def test_skip_mode_drops_the_step_and_counts_it(run_config, tmp_path, nan_on_sec
     assert [(point.step, point.value) for point in logged] == [(0, 0), (1, 1), (2, 1), (3, 1)]
     events = EventAccumulator(str(run_dir)).Reload()
     # the skipped step's nan loss is never logged, so the curves and the epoch mean stay finite
-    assert all(math.isfinite(point.value) for point in events.Scalars("train/loss_step"))
+    assert all(math.isfinite(point.value) for point in events.Scalars("train/loss"))
     assert all(math.isfinite(point.value) for point in events.Scalars("train/loss_epoch"))
 
 

@@ -241,8 +241,8 @@ class StepLosses(Callback):
         self.losses, self.val_losses = [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if "train/loss_step" in trainer.callback_metrics and len(self.losses) < trainer.global_step:
-            self.losses.append(float(trainer.callback_metrics["train/loss_step"]))
+        if "train/loss" in trainer.callback_metrics and len(self.losses) < trainer.global_step:
+            self.losses.append(float(trainer.callback_metrics["train/loss"]))
 
     def on_validation_end(self, trainer, pl_module):  # the module logs its means at the epoch's end
         self.val_losses.append(float(trainer.callback_metrics["val/loss"]))

@@ -91,10 +91,10 @@ def test_sigterm_saves_last_exits_and_resumes(run_config, tmp_path):
     assert return_code == PREEMPTED_EXIT_CODE, stderr[-2000:]
     assert seconds_to_exit < 10
     print(f"SIGTERM to exit: {seconds_to_exit:.2f} s")
-    checkpoints = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
+    checkpoints = tmp_path / "runs" / "tiny" / "fit" / "checkpoints"
     stopped_at = load(checkpoints / "last.ckpt")["global_step"]
     assert stopped_at >= 1
-    assert f"stopped by SIGTERM at global step {stopped_at}; saved {Path('runs/tiny/version_0/checkpoints/last.ckpt')}" \
+    assert f"stopped by SIGTERM at global step {stopped_at}; saved {Path('runs/tiny/fit/checkpoints/last.ckpt')}" \
         in stderr
     assert not list(checkpoints.glob("*.partial"))
 
@@ -102,7 +102,7 @@ def test_sigterm_saves_last_exits_and_resumes(run_config, tmp_path):
     resumed = load(checkpoints / "last.ckpt")
     assert resumed["global_step"] == stopped_at + 2  # continued from the saved step, in the same run directory
     assert {int(state["step"]) for state in resumed["optimizer_states"][0]["state"].values()} == {stopped_at + 2}
-    assert not (tmp_path / "runs" / "tiny" / "version_1").exists()
+    assert not (tmp_path / "runs" / "tiny" / "fit_1").exists()
 
 
 @pytest.mark.numerics
@@ -116,11 +116,11 @@ def test_a_sigterm_inside_an_accumulation_window_resumes_to_the_weights_of_an_un
     with pytest.raises(SystemExit) as stopped:
         main(["fit", "--config", killed, *settings])
     assert stopped.value.code == PREEMPTED_EXIT_CODE
-    checkpoints = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
+    checkpoints = tmp_path / "runs" / "tiny" / "fit" / "checkpoints"
     assert load(checkpoints / "last.ckpt")["global_step"] == 1
 
     main(["fit", "--config", run_config, *settings, "--ckpt_path", "last"])
-    straight = load(tmp_path / "runs" / "straight" / "version_0" / "checkpoints" / "last.ckpt")
+    straight = load(tmp_path / "runs" / "straight" / "fit" / "checkpoints" / "last.ckpt")
     resumed = load(checkpoints / "last.ckpt")
     assert resumed["global_step"] == straight["global_step"] == 4
     for name, weight in straight["state_dict"].items():  # the same kernels in the same order: near-exact

@@ -41,5 +41,5 @@ def test_a_fit_without_validation_prints_nothing_to_skip(tiny_model_dir, tmp_pat
                   "Loading `train_dataloader`"):
         assert not [m for m in messages if noise in m], noise
     assert "no validation file (data.val_path): checkpoints keep the newest, not the best by val/loss" in printed.out
-    checkpoints = sorted(p.name for p in (tmp_path / "runs").glob("sft/version_0/checkpoints/*.ckpt"))
+    checkpoints = sorted(p.name for p in (tmp_path / "runs").glob("sft/fit/checkpoints/*.ckpt"))
     assert checkpoints == ["epoch=0-step=2.ckpt", "last.ckpt"]

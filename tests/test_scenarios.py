@@ -122,11 +122,11 @@ def test_scenario_fits_tests_and_predicts_as_its_header_says(config, project_fol
         settings["trainer"]["logger"]["init_args"]["name"]
 
     main([*first_command(config, "fit"), *shrink, *SHRINK_FIT, *FIT_EXTRA.get(config.stem, [])])
-    fit_dir = run_root / "version_0"
+    fit_dir = run_root / "fit"
     check_fit(config.stem, settings, fit_dir)
 
     main([*first_command(config, "test"), *shrink])
-    metrics = json.loads((run_root / "version_1" / "metrics.json").read_text())
+    metrics = json.loads((run_root / "test" / "metrics.json").read_text())
     test_records = raw_records(project_folder / settings["data"]["test_path"])
     for question_type, names in EXPECTED_METRICS[config.stem].items():
         assert names <= set(metrics[question_type]), (question_type, metrics[question_type])
@@ -134,7 +134,7 @@ def test_scenario_fits_tests_and_predicts_as_its_header_says(config, project_fol
     assert metrics["missing_predictions"] == []
 
     main([*first_command(config, "predict"), *shrink])
-    answers = json.loads((run_root / "version_2" / "predictions.json").read_text())["result"]["results"]
+    answers = json.loads((run_root / "predict" / "predictions.json").read_text())["result"]["results"]
     predict_records = raw_records(project_folder / settings["data"]["predict_path"])
     assert [row["id"] for row in answers] == record_ids(predict_records)  # every record once, in input order
     code_ids = {row_id for row_id, record in zip(record_ids(predict_records), predict_records)

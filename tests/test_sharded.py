@@ -124,7 +124,7 @@ def test_fsdp_on_two_cpu_processes_trains_as_one_process_checkpoints_whole_adapt
         [{"class_path": "tests.test_sharded.InitialAdapters", "init_args": {"path": str(initial)}}]))
     fsdp = fit_on_two_cpu_processes("--config", ddp_config, *fsdp_options, "--trainer.logger.init_args.name", "fsdp")
     assert fsdp.returncode == 0, fsdp.stderr[-4000:]
-    fsdp_dir = runs / "fsdp" / "version_0"
+    fsdp_dir = runs / "fsdp" / "fit"
 
     # 2. One process accumulating 2 micro-batches of 2: the same step losses, adapters and val/loss.
     before = torch.load(initial)
@@ -149,7 +149,7 @@ def test_fsdp_on_two_cpu_processes_trains_as_one_process_checkpoints_whole_adapt
                                       "on_two", "--trainer.max_steps", "4",
                                       "--ckpt_path", str(one_dir / "checkpoints" / "last.ckpt"))
     assert on_two.returncode == 0, on_two.stderr[-4000:]
-    on_two_dir = runs / "on_two" / "version_0"
+    on_two_dir = runs / "on_two" / "fit"
     assert_close_normwise(torch.tensor(step_losses(on_two_dir)), torch.tensor(step_losses(whole_dir)[2:]),
                           4 * ONE_PASS)
     assert_same_updates(adapter_weights(on_two_dir), adapter_weights(whole_dir), before, 4 * ONE_PASS)
@@ -171,7 +171,7 @@ def gpu_fit(ddp_config: str, overlay: str, name: str) -> Path:
                      "--trainer.accelerator", "gpu", "--trainer.devices", str(GPUS),
                      "--trainer.logger.init_args.name", name)
     assert result.returncode == 0, result.stderr[-4000:]
-    return Path(ddp_config).parent / "runs" / name / "version_0"
+    return Path(ddp_config).parent / "runs" / name / "fit"
 
 
 @pytest.mark.gpu

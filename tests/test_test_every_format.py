@@ -92,7 +92,7 @@ def write_test_config(tmp_path: Path, model_dir: Path, record_format: str) -> st
 @pytest.mark.parametrize("record_format", list(FORMATS))
 def test_sft_test_scores_each_format_with_its_metric(record_format, tiny_model_dir, tmp_path):
     main(["test", "--config", write_test_config(tmp_path, tiny_model_dir, record_format)])
-    run_dir = tmp_path / "runs" / record_format / "version_0"
+    run_dir = tmp_path / "runs" / record_format / "test"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     expected = FORMATS[record_format][3]
     assert metrics["overall"]["types"] == [t for t in metrics["overall"]["types"] if t in expected]
@@ -195,7 +195,7 @@ def test_fit_keeps_the_best_checkpoint_by_the_formats_metric(record_format, moni
                        "--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--trainer.precision", "32-true",
                        "--val_answers.num_records", "2", "--checkpoint.monitor", monitor, "--checkpoint.mode", "max",
                        "--merge.enabled", "false"])
-    events = EventAccumulator(str(tmp_path / "runs" / record_format / "version_0")).Reload()
+    events = EventAccumulator(str(tmp_path / "runs" / record_format / "fit")).Reload()
     scores = events.Scalars(monitor)
     assert len(scores) == 2 and all(0.0 <= point.value <= 1.0 for point in scores)
     assert float(cli.trainer.checkpoint_callback.best_model_score) == max(point.value for point in scores)

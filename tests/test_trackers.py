@@ -28,11 +28,11 @@ def fit_with(run_config, tracker: str | None = None) -> None:
 
 def test_csv_tracker_writes_metrics_csv_with_losses_and_final_figures(run_config, tmp_path):
     fit_with(run_config, "csv.yaml")
-    run = tmp_path / "runs" / "tiny" / "version_0"
+    run = tmp_path / "runs" / "tiny" / "fit"
     header, *rows = (run / "metrics.csv").read_text().splitlines()
     columns = header.split(",")
-    assert {"train/loss_step", "val/loss", "hparams/final_val_loss", "hparams/tokens_per_second"} <= set(columns)
-    loss_steps = [row.split(",")[columns.index("train/loss_step")] for row in rows]
+    assert {"train/loss", "val/loss", "hparams/final_val_loss", "hparams/tokens_per_second"} <= set(columns)
+    loss_steps = [row.split(",")[columns.index("train/loss")] for row in rows]
     assert len([value for value in loss_steps if value]) == 2  # max_steps 2, logged every step
     summary = json.loads((run / "summary.json").read_text())  # the run folder is the CSV logger's
     final_val = [row.split(",")[columns.index("hparams/final_val_loss")] for row in rows]
@@ -45,7 +45,7 @@ def test_csv_tracker_writes_metrics_csv_with_losses_and_final_figures(run_config
 def test_mlflow_tracker_writes_a_local_file_store(run_config, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses file stores otherwise
     fit_with(run_config, "mlflow.yaml")
-    (metric_file,) = (tmp_path / "mlruns").glob("*/*/metrics/train/loss_step")
+    (metric_file,) = (tmp_path / "mlruns").glob("*/*/metrics/train/loss")
     assert len(metric_file.read_text().splitlines()) == 2  # "<time> <value> <step>" per optimizer step
     run = metric_file.parents[2]
     assert (run / "params" / "method").read_text() == "LoraConfig"
@@ -62,31 +62,31 @@ def test_wandb_offline_tracker_writes_an_offline_run(run_config, tmp_path, monke
     (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
     (run_file,) = run_dir.glob("run-*.wandb")
     records = written_by_wandb_core(run_file)  # protobuf records: the keys are stored as plain strings
-    for key in (b"train/loss_step", b"val/loss", b"hparams/final_val_loss", b"LoraConfig"):
+    for key in (b"train/loss", b"val/loss", b"hparams/final_val_loss", b"LoraConfig"):
         assert key in records, key
 
 
 def written_by_wandb_core(run_file: Path, seconds: float = 30.0) -> bytes:
     """The run file once wandb's writer process has closed it: it may still be writing when finish returns."""
     deadline = time.monotonic() + seconds
-    while b"train/loss_step" not in (records := run_file.read_bytes()) and time.monotonic() < deadline:
+    while b"train/loss" not in (records := run_file.read_bytes()) and time.monotonic() < deadline:
         time.sleep(0.2)
     return records
 
 
 def test_tensorboard_hparams_tab_has_settings_and_final_figures(run_config, tmp_path):
     fit_with(run_config)  # the default logger: TensorBoard
-    run = tmp_path / "runs" / "tiny" / "version_0"
-    events = EventAccumulator(str(run / "hparams"))
+    run = tmp_path / "runs" / "tiny" / "fit"
+    events = EventAccumulator(str(run))  # the session is in the run folder itself: its row is the run
     events.Reload()
     hparams_tags = events.PluginTagToContent("hparams")
     assert set(hparams_tags) == {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
     experiment = plugin_data_pb2.HParamsPluginData.FromString(hparams_tags["_hparams_/experiment"]).experiment
-    assert {info.name.tag for info in experiment.metric_infos} >= {"hparams/final_val_loss", "hparams/final_train_loss"}
+    assert {info.name.tag for info in experiment.metric_infos} >= {"val/loss", "val/best_loss", "train/loss_epoch"}
     start = plugin_data_pb2.HParamsPluginData.FromString(hparams_tags["_hparams_/session_start_info"])
     hparams = start.session_start_info.hparams
     assert hparams["method"].string_value == "LoraConfig" and hparams["peft_r"].number_value == 4
     assert hparams["lr"].number_value == pytest.approx(1e-3) and hparams["batch_size"].number_value == 2
     summary = json.loads((run / "summary.json").read_text())
-    (final_val,) = events.Scalars("hparams/final_val_loss")
-    assert final_val.value == pytest.approx(summary["final_val_loss"]) and final_val.step == 2
+    final_val = events.Scalars("val/loss")[-1]  # what the HParams tab shows: the metric tag's last value
+    assert final_val.value == pytest.approx(summary["final_val_loss"])

@@ -70,7 +70,7 @@ def test_logged_step_loss_is_the_whole_step_not_its_last_micro_batch(tiny_model_
                                 precision="64-true")
         torch.manual_seed(123)  # the same 8 examples make up the first step of both runs
         trainer.fit(module, qa_datamodule(tiny_model_dir, train_path, batch_size))
-        return float(trainer.callback_metrics["train/loss_step"]), float(trainer.callback_metrics["train/loss_epoch"])
+        return float(trainer.callback_metrics["train/loss"]), float(trainer.callback_metrics["train/loss_epoch"])
 
     one_batch = first_step_logged_loss(batch_size=8, accumulate=1)
     accumulated = first_step_logged_loss(batch_size=2, accumulate=4)

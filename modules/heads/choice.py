@@ -20,6 +20,7 @@ from modules.heads import letters
 from modules.heads.base import EvalValue, Head, at_answer_positions, prompt_forward
 from modules.heads.kept_logits import forward_keeping, next_token_labels
 from modules.heads.lm import letter_scored_rows, letter_scoring, with_answer_positions
+from modules.heads.token_measures import token_measures
 
 
 @dataclass
@@ -30,6 +31,7 @@ class MultiPass:
     option_logits: torch.Tensor  # (choice rows, max_choices), missing options masked
     choice_rows: torch.Tensor  # (batch,) bool
     letter_values: dict  # letter-scoring accuracy of the labelled choice rows (evaluation only)
+    lm_measures: dict  # token accuracy and entropy of the non-choice rows, over the same divisor as lm_loss
 
 
 class MultiHead(Head):
@@ -91,7 +93,9 @@ class MultiHead(Head):
         outputs = forward_keeping(model, batch, keep, lm_targets, divisor=lm_divisor, hidden=True)
         option_logits = self._option_logits(outputs.hidden_states[-1], batch, batch["input_ids"].shape[1], choice_rows)
         letter_values = letter_scoring(self.letter_ids, outputs.logits, keep, batch, scored)
-        return MultiPass(outputs.loss, option_logits, choice_rows, letter_values)
+        divisor = lm_divisor if lm_divisor is not None else max(trained_tokens_in(batch, ~choice_rows), 1)
+        lm_measures = token_measures(outputs.logits, lm_targets[keep], divisor)  # letter cells: -100, left out
+        return MultiPass(outputs.loss, option_logits, choice_rows, letter_values, lm_measures)
 
     def training_loss(self, model, batch: dict) -> dict[str, torch.Tensor]:
         parts = self._parts(model, batch, lm_divisor=step_divisor(batch, "step_lm_tokens"))
@@ -100,12 +104,13 @@ class MultiHead(Head):
         choice_sum = nn.functional.cross_entropy(parts.option_logits, gold, reduction="sum")  # 0 without choice rows
         choice_loss = choice_sum / step_divisor(batch, "step_choice_records").to(choice_sum.device)
         loss = self.lm_weight * lm_loss + self.choice_weight * choice_loss
-        return {"loss": loss, "lm_loss": lm_loss, "choice_loss": choice_loss}
+        return {"loss": loss, "lm_loss": lm_loss, "choice_loss": choice_loss, **parts.lm_measures}
 
     def evaluation(self, model, batch: dict) -> dict[str, EvalValue]:
         parts = self._parts(model, batch, score_letters=True)
         lm_tokens = trained_tokens_in(batch, ~parts.choice_rows)
         values = {"lm_loss": EvalValue(parts.lm_loss, lm_tokens)} if lm_tokens else {}
+        values.update({name: EvalValue(mean, lm_tokens) for name, mean in parts.lm_measures.items() if lm_tokens})
         labelled = batch["choice_label"][parts.choice_rows] >= 0
         if labelled.any():
             option_logits = parts.option_logits[labelled]

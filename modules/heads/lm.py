@@ -9,6 +9,7 @@ from modules.generation.plan import GenerationPlan, generate_for_rows
 from modules.heads import letters
 from modules.heads.base import EvalValue, Head, prompt_forward
 from modules.heads.kept_logits import forward_keeping, kept_rows, next_token_labels
+from modules.heads.token_measures import token_measures
 
 
 class LMHead(Head):
@@ -31,19 +32,24 @@ class LMHead(Head):
         """Summed token losses over the trained tokens of the whole optimizer step.
 
         Dividing by the step's trained-token count (not this micro-batch's) makes accumulated
-        micro-batches add up to the true mean. Logits exist only at the trained positions.
+        micro-batches add up to the true mean. Logits exist only at the trained positions; the token
+        accuracy and entropy are read from them, with the same divisor (token_measures.py).
         """
         targets = next_token_labels(batch["labels"])  # (batch, seq)
         keep = targets != IGNORE_INDEX
-        outputs = forward_keeping(model, batch, keep, targets, divisor=step_divisor(batch, "step_trained_tokens"))
-        return {"loss": outputs.loss}
+        divisor = step_divisor(batch, "step_trained_tokens")
+        outputs = forward_keeping(model, batch, keep, targets, divisor=divisor)
+        return {"loss": outputs.loss, **token_measures(outputs.logits, targets[keep], divisor)}
 
     def evaluation(self, model, batch: dict) -> dict[str, EvalValue]:
         targets = next_token_labels(batch["labels"])
         scored = letter_scored_rows(batch)
         keep = with_answer_positions(targets != IGNORE_INDEX, batch, scored)
         outputs = forward_keeping(model, batch, keep, targets)  # letter cells are -100 in targets: no loss
-        values = {"loss": EvalValue(outputs.loss, trained_tokens_in(batch))}
+        trained_tokens = trained_tokens_in(batch)
+        values = {"loss": EvalValue(outputs.loss, trained_tokens)}
+        values.update({name: EvalValue(mean, trained_tokens) for name, mean in
+                       token_measures(outputs.logits, targets[keep], max(trained_tokens, 1)).items()})
         values.update(letter_scoring(self.letter_ids, outputs.logits, keep, batch, scored))
         return values
 

@@ -126,7 +126,7 @@ def follow_current_schedule(trainer) -> None:
         rates = [base * rate_at(step) for rate_at, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
         for group, rate in zip(scheduler.optimizer.param_groups, rates):
             group["lr"] = rate
-        scheduler._last_lr = rates  # what get_last_lr() and LearningRateMonitor report
+        scheduler._last_lr = rates  # what get_last_lr() and train/learning_rate report
 
 
 @dataclass

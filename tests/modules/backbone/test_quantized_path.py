@@ -34,7 +34,7 @@ def test_a_quantized_lora_fits_resumes_answers_merges_and_exports(bits, tiny_mod
     main(fit_args(tiny_model_dir, tmp_path, bits, "straight", 3))
     main(fit_args(tiny_model_dir, tmp_path, bits, "resumed", 2, "--merge.enabled", "false"))  # stopped mid-epoch
     main(fit_args(tiny_model_dir, tmp_path, bits, "resumed", 3, "--ckpt_path", "last"))
-    straight, resumed = tmp_path / "runs/straight/version_0", tmp_path / "runs/resumed/version_0"
+    straight, resumed = tmp_path / "runs/straight/fit", tmp_path / "runs/resumed/fit"
     expected, got = adapter_state(straight), adapter_state(resumed)
     assert expected.keys() == got.keys() and all("lora_" in name for name in got)
     for name in expected:  # the same steps on the same batches in the same process kind: the same weights
@@ -43,10 +43,10 @@ def test_a_quantized_lora_fits_resumes_answers_merges_and_exports(bits, tiny_mod
     checkpoint = str(straight / "checkpoints" / "last.ckpt")
     test_args = [word for word in fit_args(tiny_model_dir, tmp_path, bits, "answers", 3)[1:]]
     main(["test", *test_args, "--ckpt_path", checkpoint])
-    metrics = json.loads(next((tmp_path / "runs/answers").glob("version_*/metrics.json")).read_text())
+    metrics = json.loads(next((tmp_path / "runs/answers").glob("test*/metrics.json")).read_text())
     assert sum(metrics[kind]["count"] for kind in metrics["overall"]["types"]) == len(TYPED_RECORDS)
     main(["predict", *test_args, "--ckpt_path", checkpoint])
-    [answers] = (tmp_path / "runs/answers").glob("version_*/predictions.json")
+    [answers] = (tmp_path / "runs/answers").glob("predict*/predictions.json")
     assert [row["id"] for row in json.loads(answers.read_text())["result"]["results"]] == ["t1", "t2", "t3", "t4"]
 
     report = json.loads((straight / "merged" / "merge_report.json").read_text())

@@ -60,7 +60,7 @@ def fit_args(tiny_model_dir, tmp_path, *extra: str) -> list[str]:
 def test_a_lora_fit_leaves_adapter_and_merged_and_adapter_only_leaves_the_adapter(tiny_model_dir, tmp_path):
     main(fit_args(tiny_model_dir, tmp_path))
     main(fit_args(tiny_model_dir, tmp_path, "--merge.adapter_only", "true"))
-    both, adapter_only = sorted((tmp_path / "runs").glob("*/version_*"))
+    both, adapter_only = sorted((tmp_path / "runs").glob("*/fit*"))
     for run in (both, adapter_only):
         config = json.loads((run / "adapter" / "adapter_config.json").read_text())
         assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == str(tiny_model_dir)

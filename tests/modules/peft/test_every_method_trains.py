@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from datamodules.sft_datamodule import SFTDataModule
 from lightning_app.main import main
@@ -20,6 +19,7 @@ from modules.peft.adalora_budget import weigh_adalora_regulariser
 from modules.peft.wrapping import AdaLoraConfig
 from modules.sft_module import SFTModule
 from tests.factories import QA_RECORDS, TYPED_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl
+from tests.tensorboard_reading import hparams_session
 from tests.tiny import build_model, build_tokenizer
 from tests.tolerances import assert_close_normwise, reordering_bound
 
@@ -174,22 +174,22 @@ def test_cli_fits_resumes_from_last_and_predicts(method, tiny_model_dir, tmp_pat
     monkeypatch.chdir(tmp_path)
     config = write_cli_config(tmp_path, tiny_model_dir, CLI_METHODS[method])
     main(["fit", "--config", config])
-    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    run_dir = tmp_path / "runs" / "tiny" / "fit"
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    logged = EventAccumulator(str(run_dir)).Reload().Scalars("model/trainable_parameters")
+    params, _ = hparams_session(run_dir)
     # A PEFT checkpoint holds exactly the trainable weights: the logged count must be their size.
-    assert logged[0].value == sum(tensor.numel() for tensor in first["state_dict"].values())
+    assert params["trainable_parameters"] == sum(tensor.numel() for tensor in first["state_dict"].values())
 
     main(["fit", "--config", config, "--trainer.max_steps", "4", "--ckpt_path", "last"])
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert (first["global_step"], resumed["global_step"]) == (2, 4)
-    assert not (tmp_path / "runs" / "tiny" / "version_1").exists()  # same run directory
+    assert not (tmp_path / "runs" / "tiny" / "fit_1").exists()  # same run directory
     assert any(not torch.equal(first["state_dict"][name], resumed["state_dict"][name]) for name in first["state_dict"])
     if method == "adalora":  # final ranks fixed at the last step of each fit (tfinal 1): kept in the checkpoint
         assert first["adalora_budget"]["rank_pattern"] and resumed["adalora_budget"]["rank_pattern"]
 
     main(["predict", "--config", config, "--ckpt_path", "last"])
-    answers = json.loads((tmp_path / "runs" / "tiny" / "version_1" / "predictions.json").read_text())
+    answers = json.loads((tmp_path / "runs" / "tiny" / "predict" / "predictions.json").read_text())
     assert [row["id"] for row in answers["result"]["results"]] == [record["id"] for record in TYPED_RECORDS]
 
 

@@ -135,5 +135,5 @@ def test_a_fit_saves_the_chosen_precision_in_its_config(config_without_precision
     """config.yaml is what ran: the chosen precision, not the null the YAML left."""
     on_cpu(monkeypatch, AVX2_CPU)
     main(["fit", "--config", config_without_precision])
-    saved = yaml.safe_load((tmp_path / "runs" / "tiny" / "version_0" / "config.yaml").read_text())
+    saved = yaml.safe_load((tmp_path / "runs" / "tiny" / "fit" / "config.yaml").read_text())
     assert saved["trainer"]["precision"] == "32-true"

@@ -51,8 +51,8 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def last_checkpoint(tmp_path, name="tiny", version=0) -> dict:
-    return load_checkpoint(tmp_path / "runs" / name / f"version_{version}" / "checkpoints" / "last.ckpt")
+def last_checkpoint(tmp_path, name="tiny", run="fit") -> dict:
+    return load_checkpoint(tmp_path / "runs" / name / run / "checkpoints" / "last.ckpt")
 
 
 def assert_same_training(resumed: dict, straight: dict, steps: int = 4) -> None:
@@ -83,17 +83,17 @@ def test_a_fit_stopped_by_max_steps_resumes_from_last_with_a_larger_one(one_epoc
 
     main(["fit", "--config", one_epoch_config, *CONSTANT_LR, "--trainer.max_steps", "4", "--ckpt_path", "last"])
     assert_same_training(last_checkpoint(tmp_path), last_checkpoint(tmp_path, "straight"))
-    assert not (tmp_path / "runs" / "tiny" / "version_1").exists()
+    assert not (tmp_path / "runs" / "tiny" / "fit_1").exists()
 
 
 def test_a_fit_stopped_by_max_steps_resumes_from_an_explicit_checkpoint(one_epoch_config, tmp_path):
     main(["fit", "--config", one_epoch_config, *CONSTANT_LR, "--trainer.max_steps", "4",
           "--trainer.logger.init_args.name", "straight"])
     main(["fit", "--config", one_epoch_config, *CONSTANT_LR, "--trainer.max_steps", "2"])
-    checkpoint = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = tmp_path / "runs" / "tiny" / "fit" / "checkpoints" / "last.ckpt"
     main(["fit", "--config", one_epoch_config, *CONSTANT_LR, "--trainer.max_steps", "4",
           "--ckpt_path", str(checkpoint)])
-    resumed = last_checkpoint(tmp_path, version=1)  # an explicit path starts a new version folder
+    resumed = last_checkpoint(tmp_path, run="fit_1")  # an explicit path starts a new run folder
     assert_same_training(resumed, last_checkpoint(tmp_path, "straight"))
     assert load_checkpoint(checkpoint)["global_step"] == 2  # the stopped run's checkpoint is kept
 
@@ -103,8 +103,8 @@ def test_the_first_resumed_step_takes_the_larger_budgets_learning_rate(one_epoch
     schedule's rate, not the 0 the stopped run's schedule left in the optimizer."""
     main(["fit", "--config", one_epoch_config, "--trainer.max_steps", "2"])
     main(["fit", "--config", one_epoch_config, "--trainer.max_steps", "4", "--ckpt_path", "last"])
-    events = EventAccumulator(str(tmp_path / "runs" / "tiny" / "version_0")).Reload()
-    rates = {point.step: point.value for point in events.Scalars("lr-AdamW")}
+    events = EventAccumulator(str(tmp_path / "runs" / "tiny" / "fit")).Reload()
+    rates = {point.step: point.value for point in events.Scalars("train/learning_rate")}
     cosine = [LR * 0.5 * (1 + math.cos(math.pi * step / 4)) for step in range(4)]
     assert rates[2] == pytest.approx(cosine[2]) and rates[3] == pytest.approx(cosine[3])
 
@@ -157,13 +157,13 @@ def test_a_resume_with_nothing_left_stops_with_an_error_and_writes_nothing(one_e
     main(["fit", "--config", one_epoch_config, "--trainer.max_steps", first_max_steps])
     runs = tmp_path / "runs" / "tiny"
     before = folder_state(runs)
-    assert (runs / "version_0" / "merged").is_dir() and (runs / "version_0" / "summary.json").is_file()
+    assert (runs / "fit" / "merged").is_dir() and (runs / "fit" / "summary.json").is_file()
 
-    for ckpt_path in ("last", str(runs / "version_0" / "checkpoints" / "last.ckpt")):
+    for ckpt_path in ("last", str(runs / "fit" / "checkpoints" / "last.ckpt")):
         with pytest.raises(SystemExit) as stop:
             main(["fit", "--config", one_epoch_config, *budget, "--ckpt_path", ckpt_path])
         message = stop.value.code  # a message as the exit code: Python prints it and exits with status 1
         assert isinstance(message, str) and "\n" not in message
         assert message.startswith("sft fit: nothing left to train: checkpoint ")
-        assert message.endswith(f"runs/tiny/version_0/checkpoints/last.ckpt is {used_up}")
+        assert message.endswith(f"runs/tiny/fit/checkpoints/last.ckpt is {used_up}")
         assert folder_state(runs) == before  # no new version folder, nothing rewritten

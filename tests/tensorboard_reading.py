@@ -1,0 +1,30 @@
+"""What a run's TensorBoard event files hold, read through TensorBoard's own reader (as its tabs read them)."""
+
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.plugins.text import metadata as text_metadata
+from tensorboard.util import tensor_util
+
+
+def events_of(run_dir: Path) -> EventAccumulator:
+    return EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+
+
+def hparams_session(run_dir: Path) -> tuple[dict, set[str]]:
+    """(hyperparameter -> value, the metric tags) of the run's HParams session, as the HParams tab reads it."""
+    content = events_of(run_dir).PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    params = {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
+    return params, {info.name.tag for info in experiment.metric_infos}
+
+
+def text_cards(run_dir: Path) -> dict[str, str]:
+    """tag -> the Markdown of its latest text card (the Text tab's)."""
+    events = events_of(run_dir)
+    tags = [tag for tag in events.Tags()["tensors"]
+            if events.SummaryMetadata(tag).plugin_data.plugin_name == text_metadata.PLUGIN_NAME]
+    return {tag.removesuffix("/text_summary"): tensor_util.make_ndarray(events.Tensors(tag)[-1].tensor_proto).item().decode()
+            for tag in tags}

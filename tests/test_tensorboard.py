@@ -1,0 +1,83 @@
+"""What `tensorboard --logdir runs` shows after a fit and a test, read from the event files through
+TensorBoard's own reader: runs named for what ran, the loss and TRL's signals as curves (the gradient
+norm equal to one computed by hand before clipping), one text card of the run's fixed facts instead
+of one-point charts, and HParams sessions with real results, no placeholder hp_metric."""
+
+import json
+import math
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_app.cli import SFTCLI
+from lightning_app.main import main
+from tests.factories import TYPED_RECORDS, write_jsonl
+from tests.tensorboard_reading import events_of, hparams_session, text_cards
+from tests.test_cli import run_config  # noqa: F401 (the tiny CLI config fixture)
+from tests.tolerances import reordering_bound
+
+SIGNALS = {"train/loss", "train/loss_epoch", "train/grad_norm", "train/learning_rate", "train/mean_token_accuracy",
+           "train/entropy", "train/tokens_seen", "train/trained_tokens_seen", "val/loss", "val/best_loss",
+           "val/mean_token_accuracy", "val/entropy"}
+CLIP = 1e-4  # far below the tiny model's gradient norm: clipping acts at every step
+
+
+class GradientNormByHand(Callback):
+    """The L2 norm of all gradients, summed in float64 at the moment the module logs its own (before clipping)."""
+
+    def __init__(self):
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        squares = sum(float(p.grad.double().pow(2).sum()) for p in pl_module.parameters() if p.grad is not None)
+        self.norms.append(math.sqrt(squares))
+
+
+@pytest.fixture
+def fitted_and_tested(run_config, tmp_path):  # noqa: F811 (the fixture imported above)
+    by_hand = json.dumps([{"class_path": f"{__name__}.GradientNormByHand"}])
+    cli = SFTCLI(args=["fit", "--config", run_config, "--trainer.val_check_interval", "1", "--merge.enabled", "false",
+                       "--trainer.num_sanity_val_steps", "0",
+                       "--trainer.gradient_clip_val", str(CLIP), "--trainer.callbacks", by_hand])
+    [recorder] = [callback for callback in cli.trainer.callbacks if isinstance(callback, GradientNormByHand)]
+    labelled = write_jsonl(tmp_path / "labelled.jsonl", TYPED_RECORDS)
+    main(["test", "--config", run_config, "--ckpt_path", "last", "--data.test_path", labelled,
+          "--model.generation_per_type", json.dumps({"code-generate": {"num_samples": 1}})])  # one code run, not 3
+    return tmp_path / "runs" / "tiny", recorder.norms
+
+
+def test_tensorboard_shows_named_runs_the_signals_a_text_card_and_hparams_with_results(fitted_and_tested):
+    runs, norms_by_hand = fitted_and_tested
+    assert sorted(path.name for path in runs.iterdir()) == ["fit", "test"]
+    fit_events = events_of(runs / "fit")
+    scalars = set(fit_events.Tags()["scalars"])
+    assert SIGNALS <= scalars, SIGNALS - scalars
+    assert not [tag for tag in scalars if tag.startswith(("data/", "model/", "train/device/", "lr-", "hp_metric"))]
+
+    logged_norms = [point.value for point in fit_events.Scalars("train/grad_norm")]
+    assert len(logged_norms) == len(norms_by_hand) == 2 and min(logged_norms) > 100 * CLIP  # before clipping
+    for logged, by_hand in zip(logged_norms, norms_by_hand):  # float32 sums against float64
+        assert logged == pytest.approx(by_hand, rel=reordering_bound(torch.float32))
+    accuracies = [point.value for point in fit_events.Scalars("val/mean_token_accuracy")]
+    assert len(accuracies) == 2 and all(0.0 <= value <= 1.0 for value in accuracies)  # a curve: 2 validations
+    val_losses = [point.value for point in fit_events.Scalars("val/loss")]
+    assert [point.value for point in fit_events.Scalars("val/best_loss")] == [pytest.approx(min(val_losses))]
+
+    card = text_cards(runs / "fit")["run/facts"]
+    assert "| method | LoraConfig (r 4, lora_alpha 8) |" in card and "| precision | 32-true |" in card
+    assert f"| train | {len(TYPED_RECORDS)} | {len(TYPED_RECORDS)} | 0 | 0 |" in card  # records, kept, cut, dropped
+
+    params, metric_tags = hparams_session(runs / "fit")
+    assert (params["method"], params["peft_r"], params["peft_lora_alpha"]) == ("LoraConfig", 4, 8)
+    assert (params["optimizer"], params["lr"], params["batch_size"]) == ("AdamW", pytest.approx(1e-3), 2)
+    assert (params["max_steps"], params["seed"], params["train_examples"]) == (2, 7, len(TYPED_RECORDS))
+    assert {"val/loss", "val/best_loss", "train/loss_epoch", "throughput/tokens_per_second"} <= metric_tags
+    assert "hp_metric" not in metric_tags and "hp_metric" not in fit_events.Tags()["scalars"]
+    summary = json.loads((runs / "fit" / "summary.json").read_text())
+    assert summary["best_val_loss"] == pytest.approx(min(val_losses))
+
+    _, test_metric_tags = hparams_session(runs / "test")
+    assert {"test/loss", "test/choice/accuracy", "test/overall/score"} <= test_metric_tags
+    assert not [tag for tag in test_metric_tags if tag.endswith("/count")]  # record counts are not results
+    assert test_metric_tags <= set(events_of(runs / "test").Tags()["scalars"])  # each one a value in the run
