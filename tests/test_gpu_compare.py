@@ -149,7 +149,7 @@ def benchmark(tiny_architecture, tmp_path_factory):
 
 def test_benchmark_compares_one_row_per_method(benchmark):
     run_dirs, failures, out = benchmark
-    methods = ["full_adamw", "full_sgd", "lora"] + (["qlora"] if torch.cuda.is_available() else [])
+    methods = ["full_adamw", "full_sgd", "lora", "qlora"]  # bitsandbytes runs QLoRA on a CPU too
     assert [run_dir.parent.name for run_dir in run_dirs] == [f"qwen3_0.6b_{method}" for method in methods]
     table = [line for line in (out / "comparison.md").read_text().split("## Details")[0].splitlines()
              if line.startswith("|")]
@@ -178,8 +178,13 @@ def test_benchmark_runs_are_the_configs_on_the_same_random_weights(benchmark, ti
         assert train_steps == [0, 1]  # a loss point per optimizer step
         first_losses.append(train_losses[0])
     # The seed fixes the random weights and the batch order: before any update (LoRA's B starts at
-    # zero) every method computes the same loss on the same first batch.
-    assert first_losses == pytest.approx([first_losses[0]] * len(run_dirs), rel=1e-4)
+    # zero) every method computes the same loss on the same first batch; QLoRA's on the same weights
+    # rounded to 4 bits (NF4 moves each weight by up to ~1/14 of its block's largest: the loss a little).
+    quantized = [run_dir.parent.name.endswith("qlora") for run_dir in run_dirs]
+    plain = [loss for loss, is_quantized in zip(first_losses, quantized) if not is_quantized]
+    assert plain == pytest.approx([plain[0]] * len(plain), rel=1e-4)
+    for loss, is_quantized in zip(first_losses, quantized):
+        assert not is_quantized or loss == pytest.approx(plain[0], rel=1e-2)
 
 
 def test_benchmark_writes_details_curves_and_the_runs_bundle(benchmark):
