@@ -73,14 +73,14 @@ class MergeAdapters(Callback):
                 load_checkpoint_weights(pl_module, checkpoint_path)
             model, head = pl_module.model, pl_module.head
         weights = f"best checkpoint {checkpoint_path}" if checkpoint_path else "end of fit"
+        checkpoints_dir = getattr(trainer.checkpoint_callback, "dirpath", None)  # named if the disk fills
         if isinstance(model, PeftModel):
             self.adapter_dir = save_adapter_folder(model, pl_module.tokenizer, self._adapter_dir(output_dir),
                                                    pl_module.model_name_or_path, trained_on(trainer, weights),
-                                                   the_command())
+                                                   the_command(), checkpoints_dir)
             print(f"adapter ({model.active_peft_config.peft_type.value}, for PeftModel.from_pretrained): {self.adapter_dir}")
         if self.adapter_only:
             return
-        checkpoints_dir = getattr(trainer.checkpoint_callback, "dirpath", None)  # named if the disk fills
         self.report = export_model(model, pl_module.tokenizer, output_dir, head=head, weights=weights,
                                    max_relative_error=self.max_relative_error, checkpoints_dir=checkpoints_dir)
 

@@ -7,11 +7,13 @@ does not stop).
 """
 
 import errno
+import json
 import shutil
 import sys
 from pathlib import Path
 
 import gguf
+import peft.peft_model
 import pytest
 from lightning.fabric.plugins.io import torch_io
 
@@ -117,6 +119,20 @@ def test_a_full_disk_during_the_merge_keeps_the_checkpoints(fit_args, tmp_path, 
         f"the checkpoints are intact ({last}, step 2): free space and re-run the same sft fit (no command redoes "
         "only the merge yet)")
     assert [path.name for path in run.iterdir() if "merged" in path.name] == []  # no merged.partial, no merged
+
+
+def test_a_full_disk_while_writing_the_adapter_folder_keeps_the_checkpoints(fit_args, tmp_path, monkeypatch, capsys):
+    def half_saved(state_dict, filename, metadata=None):
+        half_written_then(errno.ENOSPC)(b"x" * 1000, filename)
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", half_saved)
+    lora = json.dumps({"class_path": "peft.LoraConfig", "init_args": {"r": 4, "lora_alpha": 8}})
+    run = tmp_path / "runs" / "demo" / "fit"
+    message = sft_error([*fit_args, "--model.peft_config", lora], monkeypatch, capsys)
+    assert message.startswith(f"error: no space left on device writing the adapter folder to {run / 'adapter'} (needs ~")
+    assert message.endswith(f"the checkpoints are intact ({run / 'checkpoints' / 'last.ckpt'}, step 2): free space "
+                            "and re-run the same sft fit (no command redoes only the merge yet)")
+    assert [path.name for path in run.iterdir() if "adapter" in path.name or "merged" in path.name] == []
 
 
 def test_a_full_disk_during_a_checkpoint_save_keeps_the_last_complete_one(fit_args, tmp_path, monkeypatch, capsys):

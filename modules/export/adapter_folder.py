@@ -18,18 +18,30 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from core.disk_errors import removed_on_write_fault
 from core.embedded import lookup
+from modules.export.hf_folder import intact_and_rerun
 from modules.peft.methods import learns_virtual_tokens
 
 CARD_FILE = "README.md"
 
 
 def save_adapter_folder(model: PeftModel, tokenizer, folder: Path, base_name: str, trained_on: str,
-                        command: str) -> Path:
-    """Write the adapter, tokenizer and card into ``folder`` (replacing an earlier one); returns it."""
+                        command: str, checkpoints_dir: str | Path | None = None) -> Path:
+    """Write the adapter, tokenizer and card into ``folder`` (replacing an earlier one); returns it. A full
+    disk or an unwritable path raises one line naming the intact checkpoints, as the merged export does."""
     folder = Path(folder)
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
+    trainable_bytes = 4 * sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    with removed_on_write_fault(staging, "the adapter folder", folder, trainable_bytes,
+                                lambda: intact_and_rerun(checkpoints_dir)):
+        _write_into_place(model, tokenizer, staging, folder, base_name, trained_on, command)
+    return folder
+
+
+def _write_into_place(model: PeftModel, tokenizer, staging: Path, folder: Path, base_name: str, trained_on: str,
+                      command: str) -> None:
     try:
         _save_with_base_name(model, staging, base_name)
         tokenizer.save_pretrained(staging)
@@ -38,7 +50,6 @@ def save_adapter_folder(model: PeftModel, tokenizer, folder: Path, base_name: st
         os.replace(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return folder
 
 
 def _save_with_base_name(model: PeftModel, folder: Path, base_name: str) -> None:

@@ -194,7 +194,7 @@ def export_model(model, tokenizer, output_dir: str | Path, head=None, max_relati
     output_dir = Path(output_dir)
     staging = output_dir.with_name(output_dir.name + ".partial")
     with removed_on_write_fault(staging, "the merged model", output_dir, merged_bytes(model),
-                                lambda: _intact_and_rerun(checkpoints_dir)):
+                                lambda: intact_and_rerun(checkpoints_dir)):
         report = _write_export(model, tokenizer, _emptied(staging), head, max_relative_error, weights)
         final = output_dir if report["passed"] is not False else output_dir.with_name(output_dir.name + ".failed")
         report.update(_paths(staging, final, report["merged"]))
@@ -223,7 +223,7 @@ def merged_bytes(model) -> int:
     return 4 * sum(parameter.numel() for parameter in model.parameters())
 
 
-def _intact_and_rerun(checkpoints_dir) -> tuple[str, str]:
+def intact_and_rerun(checkpoints_dir) -> tuple[str, str]:
     """A fit resumed from its final checkpoint stops before the merge (nothing left to train), and no
     command merges a checkpoint on its own yet: the way to the merged folder is the fit again."""
     intact, _ = checkpoints_intact(checkpoints_dir)
