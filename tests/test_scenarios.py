@@ -194,4 +194,6 @@ def test_the_option_lines_of_the_header_parse_and_do_what_they_say(config, monke
         if "--model.optimizer.lr" in given:
             assert optimizer.defaults["lr"] == float(given["--model.optimizer.lr"])
         assert cli.trainer.logger.name == given["--trainer.logger.init_args.name"]  # each run under its own name
+        if "--model.quantization" in given:
+            assert cli.model.quantization == given["--model.quantization"]
 

@@ -2,6 +2,7 @@
 on the straight run's adapter, test, predict, the merged folder and its GGUF."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,3 +55,20 @@ def test_a_quantized_lora_fits_resumes_answers_merges_and_exports(bits, tiny_mod
     out = tmp_path / "model.gguf"
     main(["export-gguf", str(straight / "merged"), "--out", str(out), "--type", "f16"])
     assert json.loads((tmp_path / "model.gguf.report.json").read_text())["passed"]
+
+
+def test_scenario_4s_qlora_option_fits_and_scores_its_alpaca_file(tiny_model_dir, tmp_path, monkeypatch):
+    """The header's QLoRA line on the Alpaca-with-history example files, as that user runs it (one step)."""
+    project = Path(__file__).resolve().parents[3]
+    monkeypatch.chdir(project)
+    config = "configs/scenarios/alpaca_history_lora.yaml"
+    shared = ["--config", config, "--model.model_name_or_path", str(tiny_model_dir), "--model.quantization", "4bit",
+              "--trainer.precision", "32-true", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+              "--trainer.logger.init_args.name", "alpaca_qlora", "--data.max_length", "1024"]
+    main(["fit", *shared, "--trainer.max_steps", "1", "--trainer.val_check_interval", "1",
+          "--trainer.limit_val_batches", "1"])
+    main(["test", *shared, "--model.generation.max_new_tokens", "4", "--ckpt_path", "last"])
+    metrics = json.loads((tmp_path / "runs/alpaca_qlora/test/metrics.json").read_text())
+    assert 0.0 <= metrics["generic-generate"]["rougeL"] <= 1.0 and metrics["missing_predictions"] == []
+    assert json.loads((tmp_path / "runs/alpaca_qlora/fit/merged/merge_report.json").read_text())["quantized"]
