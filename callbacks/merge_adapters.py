@@ -53,7 +53,12 @@ class MergeAdapters(Callback):
         full fine-tune has no adapter to write alone."""
         if stage == "fit" and self.enabled and self.use_best:
             refuse_merge_from_checkpoint_folders(trainer.strategy)
-        if stage == "fit" and self.enabled and self.adapter_only and getattr(pl_module, "peft_config", None) is None:
+        if stage == "fit":
+            self.refuse_adapter_only_without_peft(getattr(pl_module, "peft_config", None))
+
+    def refuse_adapter_only_without_peft(self, peft_config) -> None:
+        """Also called by the CLI before the Trainer writes anything (no empty run folder on this mistake)."""
+        if self.enabled and self.adapter_only and peft_config is None:
             raise ValueError("merge.adapter_only: true needs a PEFT method (model.peft_config): a full fine-tune "
                              "has no adapter. Set merge.adapter_only: false to get the merged folder.")
 

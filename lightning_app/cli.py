@@ -178,8 +178,12 @@ class SFTCLI(LightningCLI):
         self._read_the_stage_files()
 
     def before_fit(self) -> None:
-        """A resume with no budget left stops here, before config.yaml, logs or an export are written."""
+        """A resume with no budget left, or merge.adapter_only on a full fine-tune, stops here, before
+        config.yaml, logs or an export are written."""
         self._read_the_stage_files()
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, MergeAdapters):
+                callback.refuse_adapter_only_without_peft(self.model.peft_config)
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
             reason = nothing_left_to_train(ckpt_path, self.trainer)

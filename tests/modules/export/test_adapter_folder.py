@@ -67,3 +67,13 @@ def test_a_lora_fit_leaves_adapter_and_merged_and_adapter_only_leaves_the_adapte
         assert "train.jsonl (4 records), 2 optimizer steps" in (run / "adapter" / CARD_FILE).read_text()
     assert (both / "merged" / "model.safetensors").is_file()
     assert not (adapter_only / "merged").exists()
+
+
+def test_adapter_only_on_a_full_fine_tune_is_one_line_before_any_run_folder(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from tests.test_io_faults import sft_error
+
+    args = fit_args(tiny_model_dir, tmp_path, "--model.peft_config", "null", "--merge.adapter_only", "true")
+    assert sft_error(args, monkeypatch, capsys) == (
+        "error: merge.adapter_only: true needs a PEFT method (model.peft_config): a full fine-tune has no adapter. "
+        "Set merge.adapter_only: false to get the merged folder.")
+    assert not (tmp_path / "runs").exists()
