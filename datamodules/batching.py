@@ -185,20 +185,27 @@ def repeated_in_share(num_batches: int, num_replicas: int, rank: int) -> int:
     return int(last_round * num_replicas + rank >= num_batches)
 
 
-class InOrderBatchSampler(Sampler[list[int]]):
-    """Batches of consecutive examples in input order (validation loss); under data parallelism each
-    rank takes every ``num_replicas``-th batch, the last round made whole by repeating the first
-    batches, as ``TypeGroupedBatchSampler`` does. Torch's DistributedSampler, which Lightning would
-    put in instead, repeats single examples that no one can tell apart afterwards: the repeated batches
-    here are known (``repeated``) and ``AnsweringBatches`` flags them, so the module counts them
-    nowhere and the validation loss over all ranks is the one-process loss.
+class ValidationBatchSampler(Sampler[list[int]]):
+    """Batches of the validation loss: consecutive examples in length order, so each batch pads to a
+    length near its own examples' (the loss is a token-weighted sum: the order changes nothing else).
+    In input order, the bundled data's batches of 8 each held a long code record: two thirds of the
+    tokens were padding and a validation of 40 records took ~37 s on a 2-core AVX2 CPU.
 
-    >>> InOrderBatchSampler(5, 2, num_replicas=2, rank=1).batches, InOrderBatchSampler(5, 2, 2, 1).repeated
+    Under data parallelism each rank takes every ``num_replicas``-th batch, the last round made whole by
+    repeating the first batches, as ``TypeGroupedBatchSampler`` does. Torch's DistributedSampler, which
+    Lightning would put in instead, repeats single examples that no one can tell apart afterwards: the
+    repeated batches here are known (``repeated``) and ``AnsweringBatches`` flags them, so the module
+    counts them nowhere and the validation loss over all ranks is the one-process loss.
+
+    >>> ValidationBatchSampler([5, 1, 4, 2, 3], 2).batches  # ties keep input order
+    [[1, 3], [4, 2], [0]]
+    >>> ValidationBatchSampler([1] * 5, 2, num_replicas=2, rank=1).batches, ValidationBatchSampler([1] * 5, 2, 2, 1).repeated
     ([[2, 3], [0, 1]], 1)
     """
 
-    def __init__(self, num_examples: int, batch_size: int, num_replicas: int = 1, rank: int = 0):
-        all_batches = [list(range(i, min(i + batch_size, num_examples))) for i in range(0, num_examples, batch_size)]
+    def __init__(self, lengths: list[int], batch_size: int, num_replicas: int = 1, rank: int = 0):
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        all_batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         self.batches = rank_share(all_batches, num_replicas, rank)
         self.repeated = repeated_in_share(len(all_batches), num_replicas, rank)
 
@@ -210,7 +217,7 @@ class InOrderBatchSampler(Sampler[list[int]]):
 
 
 class AnsweringBatches(Iterable):
-    """A DataLoader of ``TypeGroupedBatchSampler`` batches (or ``InOrderBatchSampler``'s, for the
+    """A DataLoader of ``TypeGroupedBatchSampler`` batches (or ``ValidationBatchSampler``'s, for the
     validation loss under data parallelism) that Lightning iterates as it is.
 
     Lightning rebuilds a test or predict DataLoader to put a DistributedSampler (under data

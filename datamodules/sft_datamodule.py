@@ -13,9 +13,9 @@ from core.step_loss import StepTokenCounts
 from datamodules.batching import (
     AnsweringBatches,
     EpochBatchSampler,
-    InOrderBatchSampler,
     LengthGroupedBatchSampler,
     TypeGroupedBatchSampler,
+    ValidationBatchSampler,
 )
 from datamodules.collate import PromptCollator, training_collator
 from datamodules.packing import PackedCollator, TokenBudgetBatchSampler
@@ -318,14 +318,13 @@ class SFTDataModule(L.LightningDataModule):
         return StepTokenCounts(loader, accumulate)
 
     def val_dataloader(self):
+        """Batches in length order (``ValidationBatchSampler``); under data parallelism each rank every
+        world-size-th batch, with the repeats that even the rounds flagged (the loss leaves them out)."""
         if not self.paths["val"]:
             return []
         examples = self.training_examples("val")
-        if self.trainer is None or self.trainer.world_size == 1:
-            return self._loader(examples, self.eval_batch_size, self.collator_for_loss())
-        # Each rank every world-size-th batch, the repeats that even the rounds flagged (the loss leaves them out)
-        batches = InOrderBatchSampler(len(examples), self.eval_batch_size, self.trainer.world_size,
-                                      self.trainer.global_rank)
+        ranks = {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank} if self.trainer else {}
+        batches = ValidationBatchSampler([len(ids) for ids in examples["input_ids"]], self.eval_batch_size, **ranks)
         return AnsweringBatches(DataLoader(examples.with_format(None), batch_sampler=batches,
                                            collate_fn=self.collator_for_loss(), num_workers=self.num_workers))
 

@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig
 
 from core.step_loss import StepTokenCounts
+from datamodules.sft_datamodule import SFTDataModule
 from tests.factories import QA_RECORDS, qa_datamodule, quiet_trainer, sft_module, write_jsonl
 from tests.tolerances import FLOAT64_FIT, assert_close_normwise, reordering_bound
 
@@ -183,3 +184,18 @@ def test_evaluation_batches_hold_one_type_each_and_cover_every_row_once():
     assert sorted(row for batch in batches for row in batch) == list(range(len(types)))
     assert all(len({types[row] for row in batch}) == 1 for batch in batches)
     assert batches[0] == [0, 2]  # input order kept within a type
+
+
+def test_validation_batches_go_in_length_order_and_pad_only_to_their_own_longest(tiny_model_dir, tmp_path):
+    """QA_RECORDS' answers repeat 1-4 times in turn: input-order batches of 4 each hold a long one."""
+    path = write_jsonl(tmp_path / "qa.jsonl", QA_RECORDS)
+    datamodule = SFTDataModule(train_path=path, val_path=path, format="qa", batch_size=4, eval_batch_size=4,
+                               tokenizer_name_or_path=str(tiny_model_dir))
+    datamodule.setup("fit")
+    lengths = [len(ids) for ids in datamodule.training_examples("val")["input_ids"]]
+    batches = list(datamodule.val_dataloader())
+    batch_lengths = [batch["attention_mask"].sum(dim=1).tolist() for batch in batches]
+    assert [length for lengths_of in batch_lengths for length in lengths_of] == sorted(lengths)  # each once
+    padded = sum(batch["input_ids"].numel() for batch in batches)
+    in_input_order = sum(4 * max(lengths[start:start + 4]) for start in range(0, len(lengths), 4))
+    assert padded == sum(4 * max(lengths_of) for lengths_of in batch_lengths) < in_input_order
