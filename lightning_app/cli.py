@@ -116,6 +116,13 @@ class SFTCLI(LightningCLI):
             if "default_hp_metric" in logger_args:
                 logger_args.default_hp_metric = False
 
+    def _instantiate_trainer(self, config, callbacks):
+        """``trainer.enable_checkpointing: false`` leaves the always-on checkpoint callback out (Lightning
+        otherwise refuses the pair with a traceback): such a fit writes no checkpoint to resume from."""
+        if config.get("enable_checkpointing") is False:
+            callbacks = [callback for callback in callbacks if not isinstance(callback, SFTCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         self._refuse_a_checkpoint_that_differs()
@@ -194,7 +201,8 @@ class SFTCLI(LightningCLI):
         # trainer.log_dir is a broadcast under DDP: every rank asks (once), only rank 0 prints.
         log_dir = self.trainer.log_dir
         say = rank_zero_only(print)
-        say(f"checkpoints: {self.trainer.checkpoint_callback.dirpath}")
+        checkpoints = self.trainer.checkpoint_callback
+        say(f"checkpoints: {checkpoints.dirpath}" if checkpoints else "checkpoints: none (trainer.enable_checkpointing false)")
         say(f"TensorBoard logs: {log_dir}  (view: tensorboard --logdir {Path(log_dir).parent})")
 
 

@@ -240,3 +240,12 @@ def test_validation_answers_give_a_task_metric_to_keep_the_best_checkpoint(run_c
     assert set(events.Tags()["tensors"]) >= {"val_answers/t1/text_summary", "val_answers/t2/text_summary"}
     best = cli.trainer.checkpoint_callback
     assert float(best.best_model_score) == max(point.value for point in scores)
+
+
+def test_a_fit_without_checkpointing_writes_no_checkpoint_and_still_exports(run_config, tmp_path, capsys):
+    """Lightning's own flag: before, our always-on checkpoint callback made it a MisconfigurationException."""
+    main(["fit", "--config", run_config, "--trainer.enable_checkpointing", "false"])
+    run_dir = tmp_path / "runs" / "tiny" / "fit"
+    assert not (run_dir / "checkpoints").exists()
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()  # the trained adapter is still kept
+    assert "checkpoints: none (trainer.enable_checkpointing false)" in capsys.readouterr().out
