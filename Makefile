@@ -19,9 +19,13 @@ demo: venv
 	$(BIN)/sft fetch-model smollm2-135m-instruct
 	$(BIN)/sft demo --config configs/demo.yaml --references data/bundled/test.jsonl
 
-# The suite, then its numerical tests once more on AVX2 kernels where this CPU has more (tests/other_cpu.py).
+# The suite in TEST_WORKERS parallel processes, then the tests that start several ranks or kill a
+# process, alone (timed kills and gloo ranks need the cores to themselves), then the numerical tests
+# once more on AVX2 kernels where this CPU has more (tests/other_cpu.py).
+TEST_WORKERS ?= 2
 test: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) -m "not processes" --durations=15
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m processes --durations=5
 	$(BIN)/python -m tests.other_cpu
 
 clean:

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -25,10 +27,17 @@ def _token_cache_per_test(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SFT_TOKEN_CACHE", str(tmp_path_factory.mktemp("token-cache")))
 
 
+def threads_per_worker() -> int:
+    """Two threads a test, or the cores' share of each parallel pytest worker (`make test` runs two):
+    two workers of two threads each on two cores would wait on each other's threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, (os.cpu_count() or 2) // workers))
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads_per_worker())
 
 
 def pytest_report_header(config):

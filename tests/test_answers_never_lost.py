@@ -14,6 +14,8 @@ from lightning_app.main import main
 from modules.sft_module import SFTModule
 from tests.factories import TYPED_RECORDS, PreimportedProcess, greedy_answering_config, start_preimporting
 
+pytestmark = pytest.mark.processes  # several ranks or a killed process: run alone (Makefile)
+
 RECORDS = TYPED_RECORDS + [
     {"id": "t5", "type": "generic-generate", "prompt": "Say 'hi'", "answer": "hi"},
     {"id": "t6", "type": "math", "prompt": "1 + 1?", "answer": "\\boxed{2}"},

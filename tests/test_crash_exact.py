@@ -27,6 +27,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_app.main import main
 from tests.factories import TYPED_RECORDS, PreimportedProcess, start_preimporting, write_jsonl
 
+pytestmark = pytest.mark.processes  # several ranks or a killed process: run alone (Makefile)
+
 # The issue asks for 10 kills; each restart costs a fit's setup (~3 s on 2 busy cores, the imports
 # made once by the fork server), so the suite runs 4 and SFT_CRASH_KILLS=10 runs the full count
 # (checked: 10 survived, docs/training.md).

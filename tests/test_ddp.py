@@ -31,6 +31,8 @@ from lightning_app.main import main
 from tests.factories import run_python, start_preimporting, write_jsonl
 from tests.tolerances import FLOAT64_FIT, assert_close_normwise
 
+pytestmark = pytest.mark.processes  # several ranks or a killed process: run alone (Makefile)
+
 # Answers of 1 to 4 sentences: the two ranks' batches hold different numbers of trained tokens.
 RECORDS = [
     {"id": f"q{i}", "question": f"What is {i} plus {i}?", "answer": ("It is " + str(2 * i) + ". ") * (1 + i % 4)}

@@ -24,6 +24,8 @@ from lightning_app.main import main
 from tests.factories import TYPED_RECORDS, greedy_answering_config, run_python, start_preimporting
 from tests.tolerances import assert_close_normwise, reordering_bound
 
+pytestmark = pytest.mark.processes  # several ranks or a killed process: run alone (Makefile)
+
 RECORDS = TYPED_RECORDS + [
     {"id": "t5", "type": "generic-generate", "prompt": "Say 'hi'", "answer": "hi"},
     {"id": "t6", "type": "math", "prompt": "1 + 1?", "answer": "\\boxed{2}"},

@@ -18,6 +18,8 @@ from lightning_app.main import main
 from tests.factories import PreimportedProcess
 from tests.test_cli import run_config  # noqa: F401  (the fixture: a tiny model, LoRA, 4 typed records)
 
+pytestmark = pytest.mark.processes  # several ranks or a killed process: run alone (Makefile)
+
 
 class SlowSteps(Callback):
     """Prints each optimizer step as it ends and sleeps, so a signal lands mid-fit."""

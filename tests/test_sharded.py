@@ -109,6 +109,7 @@ def ddp_config(tiny_model_dir, tmp_path, monkeypatch):
     return write_ddp_config(tmp_path, tiny_model_dir, precision="32-true")
 
 
+@pytest.mark.processes
 def test_fsdp_on_two_cpu_processes_trains_as_one_process_checkpoints_whole_adapters_and_merges(ddp_config, tmp_path):
     edit_config(ddp_config, "data", val_path=yaml.safe_load(Path(ddp_config).read_text())["data"]["train_path"],
                 eval_batch_size=3)  # 16 records, 6 batches: 3 a rank
