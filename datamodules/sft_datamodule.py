@@ -25,8 +25,9 @@ from datamodules.formats import Format, SpeakerRole
 from datamodules.mixing import Mixture, TrainSource, check_sources, read_mixture
 from datamodules.normalize import ConversationSpec, read_records
 from datamodules.preprocess import TokenStats, build_prompt_examples, build_training_examples
-from datamodules.token_cache import cached_split, default_cache_dir, split_key
-from datamodules.training_data import STATE_KEY, fingerprint, new_training_data, position_in_data
+from datamodules.split_keys import SplitKeys
+from datamodules.token_cache import cached_split, default_cache_dir
+from datamodules.training_data import STATE_KEY, new_training_data, position_in_data
 from datamodules.truncation import Truncation
 from core.tokenizer import load_tokenizer
 
@@ -174,6 +175,7 @@ class SFTDataModule(L.LightningDataModule):
         self.chat_template = chat_template
         self._tokenizer = None
         self._records: dict[str, list[Record]] = {}
+        self.split_keys = SplitKeys(self)
         self.examples: dict = {}
         self.token_stats: dict[str, TokenStats] = {}
         self.answered_before: dict[str, set[str]] = {}  # predict/test ids an interrupted run answered
@@ -213,11 +215,11 @@ class SFTDataModule(L.LightningDataModule):
     def train_fingerprint(self) -> dict:
         """The training records' count and sha256, which checkpoints keep (datamodules/training_data.py)."""
         if self._train_fingerprint is None:
-            self._train_fingerprint = fingerprint(self.records("train"))
+            self._train_fingerprint = self.split_keys.train_fingerprint()
         return self._train_fingerprint
 
     def state_dict(self) -> dict:
-        if "train" not in self._records:  # not fitting
+        if "train" not in self.examples and "train" not in self._records:  # not fitting
             return {}
         return {STATE_KEY: {**self.train_fingerprint(), "started_at_step": self.train_started_at_step,
                             "global_step": self.trainer.global_step if self.trainer is not None else 0}}
@@ -235,18 +237,19 @@ class SFTDataModule(L.LightningDataModule):
     def training_examples(self, split: str):
         """Tokenized, masked examples of a split (built once), with their statistics logged."""
         if split not in self.examples:
-            path, records = self.split_path(split), self.records(split)
-            options = {"train_on": self.spec.train_on, "max_length": self.max_length, "truncation": self.truncation}
-            key = split_key("training", records, lambda record: record.messages, self.tokenizer, options)
-            examples, stats, from_cache = cached_split(self.token_cache_dir, key, lambda: build_training_examples(
-                records, self.tokenizer, self.spec.train_on, self.max_length, path, self.truncation), TokenStats)
+            path = self.split_path(split)
+            examples, stats, from_cache = cached_split(self.token_cache_dir, self.split_keys.key(split), lambda: (
+                build_training_examples(self.records(split), self.tokenizer, self.spec.train_on, self.max_length,
+                                        path, self.truncation)), TokenStats)
             self.examples[split], self.token_stats[split] = examples, stats
             rank_zero_info(stats.summary(split) + (" (tokens from the cache)" if from_cache else ""))
             self._refuse_silent_loss(split, path, stats)
             if split == "test" and stats.dropped_no_trained_tokens:
-                rank_zero_warn(unanswered_test_records(path, records, examples, self.max_length))
+                rank_zero_warn(unanswered_test_records(path, self.records(split), examples, self.max_length))
             if split == "train" and self.mixture is not None:
                 rank_zero_info(self.mixture.summary(split))
+            if split == "train" and not from_cache:  # kept while the records are at hand (split_keys.py)
+                self.train_fingerprint()
         return self.examples[split]
 
     def _refuse_silent_loss(self, split: str, path: str, stats: TokenStats) -> None:
@@ -268,18 +271,18 @@ class SFTDataModule(L.LightningDataModule):
 
     def prompt_examples(self, split: str = "predict"):
         if split not in self.examples:
-            records, path = self.records(split), self.split_path(split)
-            key = split_key("prompts", records, lambda record: record.prompt_messages, self.tokenizer, {})
-            self.examples[split], _, _ = cached_split(
-                self.token_cache_dir, key, lambda: (build_prompt_examples(records, self.tokenizer, path), None))
+            path = self.split_path(split)
+            self.examples[split], _, _ = cached_split(self.token_cache_dir, self.split_keys.key(split), lambda: (
+                build_prompt_examples(self.records(split), self.tokenizer, path), None))
         return self.examples[split]
 
     def setup(self, stage: str) -> None:
         """The files this stage uses are read and validated here, before the model is loaded; the
         configured files it does not use are neither read nor checked (a config's test file in
-        another format does not stop a fit on your own data). ``sft demo`` checks the files of all
-        its steps before its fit starts (``check_files``)."""
-        self.check_files(STAGE_SPLITS[stage])
+        another format does not stop a fit on your own data). A file whose tokens are in the cache
+        is not read at all: its bytes, hashed, are the key, and it was checked when they were made.
+        ``sft demo`` checks the files of all its steps before its fit starts (``check_files``)."""
+        self.check_files([split for split in STAGE_SPLITS[stage] if not self.split_keys.cached(split)])
         if stage == "fit":
             self.training_examples("train")
             if self.paths["val"]:
