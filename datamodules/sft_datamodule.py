@@ -75,6 +75,7 @@ class SFTDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         answer_batch_size: int = 256,
         num_workers: int = 0,
+        num_proc: int | None = None,
         cache_tokens: bool = True,
         resume_on_new_data: bool = False,
         tokenizer_name_or_path: str | None = None,
@@ -124,6 +125,10 @@ class SFTDataModule(L.LightningDataModule):
                 at once and the others join as rows finish, so the decoding batch stays full; answers are
                 written (and a stopped run resumes) batch by batch.
             num_workers: DataLoader worker processes.
+            num_proc: Processes that tokenize a split (each takes a contiguous share of its records): by
+                default every core this run may use for a split of 10,000 records or more, one for a
+                smaller one (starting the processes costs more than its tokenizing). Any value gives
+                the same tokens in the same order.
             cache_tokens: Keep each split's tokens on disk ($SFT_TOKEN_CACHE, else
                 ~/.cache/lightning-sft/tokens), keyed by the records, the tokenizer and the options, so the
                 next run over the same data skips tokenising.
@@ -165,6 +170,9 @@ class SFTDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.answer_batch_size = answer_batch_size
         self.num_workers = num_workers
+        if num_proc is not None and num_proc < 1:
+            raise ValueError(f"data.num_proc must be at least 1 (or null: every core for a large split), got {num_proc}")
+        self.num_proc = num_proc
         self.token_cache_dir = default_cache_dir() if cache_tokens else None
         self.resume_on_new_data = resume_on_new_data
         self.train_started_at_step = 0  # the global step the training records started at (a resume on new data)
@@ -240,7 +248,7 @@ class SFTDataModule(L.LightningDataModule):
             path = self.split_path(split)
             examples, stats, from_cache = cached_split(self.token_cache_dir, self.split_keys.key(split), lambda: (
                 build_training_examples(self.records(split), self.tokenizer, self.spec.train_on, self.max_length,
-                                        path, self.truncation)), TokenStats)
+                                        path, self.truncation, self.num_proc)), TokenStats)
             self.examples[split], self.token_stats[split] = examples, stats
             rank_zero_info(stats.summary(split) + (" (tokens from the cache)" if from_cache else ""))
             self._refuse_silent_loss(split, path, stats)
@@ -273,7 +281,7 @@ class SFTDataModule(L.LightningDataModule):
         if split not in self.examples:
             path = self.split_path(split)
             self.examples[split], _, _ = cached_split(self.token_cache_dir, self.split_keys.key(split), lambda: (
-                build_prompt_examples(self.records(split), self.tokenizer, path), None))
+                build_prompt_examples(self.records(split), self.tokenizer, path, self.num_proc), None))
         return self.examples[split]
 
     def setup(self, stage: str) -> None:
