@@ -119,3 +119,14 @@ def build_prompt_examples(records: list[Record], tokenizer: Any, source: str,
     return map_rows(_records_dataset(records, lambda record: record.prompt_messages), _prompt_row,
                     {"tokenizer": tokenizer}, resolve_num_proc(num_proc, len(records)),
                     desc=f"Rendering prompts of {source}")
+
+def unanswered_test_records(path: str, records: list, examples, max_length: int) -> str:
+    """The warning for test records left with no answer token within ``max_length``: ``sft test``
+    neither answers nor scores them, so its metrics cover fewer records than the file holds."""
+    kept = set(examples["id"])
+    missing = [record.id for record in records if record.id not in kept]
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return (f"{path}: {len(missing)} test record(s) have no answer token within data.max_length {max_length} "
+            f"(their prompt fills it) and are neither answered nor scored: {shown}. Raise data.max_length to "
+            "test them.")
+

@@ -16,6 +16,7 @@ from datamodules.batching import (
     LengthGroupedBatchSampler,
     TypeGroupedBatchSampler,
     ValidationBatchSampler,
+    prompt_lengths,
 )
 from datamodules.collate import PromptCollator, training_collator
 from datamodules.packing import PackedCollator, TokenBudgetBatchSampler
@@ -24,7 +25,8 @@ from datamodules.chat_tokens import TrainOn
 from datamodules.formats import Format, SpeakerRole
 from datamodules.mixing import Mixture, TrainSource, check_sources, read_mixture
 from datamodules.normalize import ConversationSpec, read_records
-from datamodules.preprocess import TokenStats, build_prompt_examples, build_training_examples
+from datamodules.preprocess import (TokenStats, build_prompt_examples, build_training_examples,
+                                    unanswered_test_records)
 from datamodules.split_keys import SplitKeys
 from datamodules.token_cache import cached_split, default_cache_dir
 from datamodules.training_data import STATE_KEY, new_training_data, position_in_data
@@ -397,20 +399,3 @@ class SFTDataModule(L.LightningDataModule):
             return PackedCollator(pad_token_id=self.tokenizer.pad_token_id)
         return self.collator_for_training()
 
-
-def prompt_lengths(examples) -> list[int]:
-    """Prompt tokens of each answering example: its ``prompt_ids`` (predict), else up to its answer position."""
-    if "prompt_ids" in examples.column_names:
-        return [len(ids) for ids in examples["prompt_ids"]]
-    return [position + 1 for position in examples["answer_position"]]
-
-
-def unanswered_test_records(path: str, records: list, examples, max_length: int) -> str:
-    """The warning for test records left with no answer token within ``max_length``: ``sft test``
-    neither answers nor scores them, so its metrics cover fewer records than the file holds."""
-    kept = set(examples["id"])
-    missing = [record.id for record in records if record.id not in kept]
-    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    return (f"{path}: {len(missing)} test record(s) have no answer token within data.max_length {max_length} "
-            f"(their prompt fills it) and are neither answered nor scored: {shown}. Raise data.max_length to "
-            "test them.")
