@@ -132,8 +132,8 @@ class SFTDataModule(L.LightningDataModule):
                 smaller one (starting the processes costs more than its tokenizing). Any value gives
                 the same tokens in the same order.
             cache_tokens: Keep each split's tokens on disk ($SFT_TOKEN_CACHE, else
-                ~/.cache/lightning-sft/tokens), keyed by the records, the tokenizer and the options, so the
-                next run over the same data skips tokenising.
+                ~/.cache/lightning-sft/tokens), keyed by the file's bytes (a mixture: its records), the
+                tokenizer and the options, so the next run over the same data reads no record.
             resume_on_new_data: Resume a fit (--ckpt_path) on training records other than the checkpoint's:
                 its weights, optimizer and step go on, and the new data trains from its first record.
                 Without it such a resume stops and says so (it would skip the new data's first records).
@@ -258,7 +258,7 @@ class SFTDataModule(L.LightningDataModule):
                 rank_zero_warn(unanswered_test_records(path, self.records(split), examples, self.max_length))
             if split == "train" and self.mixture is not None:
                 rank_zero_info(self.mixture.summary(split))
-            if split == "train" and not from_cache:  # kept while the records are at hand (split_keys.py)
+            if split == "train" and not from_cache and self.token_cache_dir:  # kept while the records are at hand
                 self.train_fingerprint()
         return self.examples[split]
 
