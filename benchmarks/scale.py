@@ -85,6 +85,24 @@ def key_cost(count: int, work_dir: Path) -> dict:
     return {"records": count, "file_sha256_s": file_seconds, "read_normalise_hash_s": records_seconds}
 
 
+def tokenize_cost(count: int, work_dir: Path, processes: list[int]) -> dict:
+    """Seconds to tokenize one file's records with each ``data.num_proc`` in ``processes``, in one
+    process (records read once, no cache), so the runs share the machine's moment."""
+    from core.tokenizer import load_tokenizer
+    from datamodules.normalize import ConversationSpec, read_records
+    from datamodules.preprocess import build_training_examples
+
+    train_path = write_qa_file(count, work_dir / f"qa_{count}.jsonl")
+    records, tokenizer = read_records(str(train_path), ConversationSpec("qa")), load_tokenizer(str(MODEL))
+    seconds = {}
+    for num_proc in processes:
+        started = time.perf_counter()
+        build_training_examples(records, tokenizer, "all_assistant", 1024, str(train_path), num_proc=num_proc)
+        seconds[f"num_proc_{num_proc}_s"] = time.perf_counter() - started
+    train_path.unlink()
+    return {"records": count, **seconds}
+
+
 def table(rows: list[dict], extra: list[str]) -> str:
     lines = [f"`sft inspect --show 0` on QA records{' ' + ' '.join(extra) if extra else ''}:", "",
              "| records | cold s | cold peak MiB | warm s | warm peak MiB | cold ms/record |",
@@ -102,10 +120,16 @@ def main() -> None:
     parser.add_argument("--out", help="also write the table to this Markdown file")
     parser.add_argument("--work-dir", help="where the files and caches go (default: a temporary folder)")
     parser.add_argument("--project", default=str(PROJECT_ROOT), help="the checkout to time (another branch's)")
+    parser.add_argument("--tokenize-cost", type=int, nargs="*", metavar="NUM_PROC",
+                        help="time only tokenizing, once per num_proc given (tokenize_cost)")
     parser.add_argument("--key-cost", action="store_true",
                         help="time only the warm start's work on the records, old key vs new (key_cost)")
     args, extra = parser.parse_known_args()  # anything else goes to sft inspect (e.g. --data.num_proc 2)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as work_dir:
+        if args.tokenize_cost:
+            for count in args.records:
+                print(json.dumps(tokenize_cost(count, Path(work_dir), args.tokenize_cost)), flush=True)
+            return
         if args.key_cost:
             for count in args.records:
                 print(json.dumps(key_cost(count, Path(work_dir))), flush=True)

@@ -7,8 +7,10 @@ the results in row order, so any ``num_proc`` gives the tokens of one process, i
 second, more than a small split's whole tokenizing: under ``SMALL_SPLIT`` records the default is one.
 
 On a terminal the progress bar is ``datasets``' own. Without one (a log file, a batch job), a bar
-redrawn ten times a second fills the log with carriage returns: the rows then go in ``LOG_LINES``
-contiguous pieces, one line after each.
+redrawn ten times a second fills the log with carriage returns: there, one process takes the rows in
+``LOG_LINES`` contiguous pieces with one line after each, and several processes say one line when
+they start and one when they are done (pieces would start the processes again for each piece: 20k
+records took 91 s in pieces against 51-57 s in one go, benchmarks/RESULTS.md).
 """
 
 import os
@@ -48,11 +50,18 @@ def map_rows(dataset: datasets.Dataset, function: Callable, fn_kwargs: dict, num
                     num_proc=num_proc if num_proc > 1 else None)
     if sys.stderr.isatty() or len(dataset) < SMALL_SPLIT:
         return dataset.map(function, desc=desc, **settings)
-    pieces, started, piece_rows = [], time.perf_counter(), -(-len(dataset) // LOG_LINES)
+    started = time.perf_counter()
+    if num_proc > 1:
+        rank_zero_info(f"{desc}: {len(dataset):,} records on {num_proc} processes")
+        with quiet_datasets():
+            mapped = dataset.map(function, **settings)
+        rank_zero_info(f"{desc}: {len(dataset):,} of {len(dataset):,} records, {time.perf_counter() - started:.0f} s")
+        return mapped
+    pieces, piece_rows = [], -(-len(dataset) // LOG_LINES)
     with quiet_datasets():
         for start in range(0, len(dataset), piece_rows):
             rows = range(start, min(start + piece_rows, len(dataset)))
             pieces.append(dataset.select(rows).map(function, **settings))
             rank_zero_info(f"{desc}: {rows.stop:,} of {len(dataset):,} records, "
-                           f"{time.perf_counter() - started:.0f} s ({num_proc} processes)")
+                           f"{time.perf_counter() - started:.0f} s")
     return datasets.concatenate_datasets(pieces)

@@ -37,10 +37,13 @@ def _prepared(model_dir, path, num_proc: int) -> SFTDataModule:
 def test_two_processes_give_the_tokens_of_one(tiny_model_dir, tmp_path, monkeypatch, caplog,
                                               without_terminal_pieces):
     path = write_jsonl(tmp_path / "train.jsonl", _records(23))
-    one = _prepared(tiny_model_dir, path, num_proc=1)
-    if without_terminal_pieces:  # the log-file path: the rows go in pieces, one line after each
+    if without_terminal_pieces:  # the log-file path: one process in pieces, a line after each
         monkeypatch.setattr(parallel_map, "SMALL_SPLIT", 5)
         monkeypatch.setattr(parallel_map, "LOG_LINES", 4)
+    with caplog.at_level(logging.INFO):
+        one = _prepared(tiny_model_dir, path, num_proc=1)
+    one_lines = [record.message for record in caplog.records if "of 23 records" in record.message]
+    caplog.clear()
     with caplog.at_level(logging.INFO):
         two = _prepared(tiny_model_dir, path, num_proc=2)
     for name in COLUMNS:
@@ -49,11 +52,12 @@ def test_two_processes_give_the_tokens_of_one(tiny_model_dir, tmp_path, monkeypa
     assert two.examples["predict"]["id"] == one.examples["predict"]["id"]
     assert two.token_stats["train"] == one.token_stats["train"]
     assert one.examples["train"]["id"][:3] == ["g0", "g1", "c2"]
-    progress = [record.message for record in caplog.records if "of 23 records" in record.message]
+    two_lines = [record.message for record in caplog.records if record.message.startswith(("Tokenizing", "Rendering"))]
     if without_terminal_pieces:  # 23 rows in pieces of 6: four lines each for training and prompts
-        assert len(progress) == 8 and progress[3].startswith("Tokenizing") and "23 of 23 records" in progress[3]
+        assert len(one_lines) == 8 and one_lines[3].startswith("Tokenizing") and "23 of 23 records" in one_lines[3]
+        assert len(two_lines) == 4 and "23 records on 2 processes" in two_lines[0]  # a start and an end each
     else:
-        assert progress == []
+        assert one_lines == [] and two_lines == []
 
 
 def test_the_default_is_one_process_for_a_small_split(monkeypatch):
