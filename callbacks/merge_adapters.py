@@ -116,7 +116,7 @@ def trained_on(trainer, weights: str) -> str:
     datamodule = getattr(trainer, "datamodule", None)
     data = "?"
     if datamodule is not None and hasattr(datamodule, "split_path"):
-        data = f"{datamodule.split_path('train')} ({len(datamodule.records('train'))} records)"
+        data = f"{datamodule.split_path('train')} ({datamodule.train_fingerprint()['records']} records)"
     return f"{data}, {trainer.global_step} optimizer steps; weights: {weights}"
 
 

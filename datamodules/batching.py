@@ -246,3 +246,10 @@ class AnsweringBatches(Iterable):
 # The answer writers read each answer's row index, not Lightning's batch indices, which only a
 # rebuilt DataLoader has: the warning that they are missing says nothing to act on.
 warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader: `AnsweringBatches`")
+
+def prompt_lengths(examples) -> list[int]:
+    """Prompt tokens of each answering example: its ``prompt_ids`` (predict), else up to its answer position."""
+    if "prompt_ids" in examples.column_names:
+        return [len(ids) for ids in examples["prompt_ids"]]
+    return [position + 1 for position in examples["answer_position"]]
+

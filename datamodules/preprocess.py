@@ -16,6 +16,7 @@ import numpy as np
 from core.errors import RecordError
 from core.record import Record
 from datamodules.chat_tokens import answer_position, count_trained, prompt_ids_for_generation
+from datamodules.parallel_map import map_rows, resolve_num_proc
 from datamodules.truncation import fit_conversation
 
 
@@ -78,18 +79,16 @@ def require_answers(records: list[Record]) -> None:
 
 def build_training_examples(
     records: list[Record], tokenizer: Any, train_on: str, max_length: int | None, source: str,
-    truncation: str = "keep_answer",
+    truncation: str = "keep_answer", num_proc: int | None = None,
 ) -> tuple[datasets.Dataset, TokenStats]:
     """Tokenize and mask every record, cut to ``max_length`` as ``truncation`` says
-    (``datamodules/truncation.py``); drop those with nothing left to train."""
+    (``datamodules/truncation.py``); drop those with nothing left to train. ``num_proc`` processes
+    (None: ``parallel_map.resolve_num_proc``'s default) give the tokens of one."""
     require_answers(records)
-    tokenized = _records_dataset(records, lambda record: record.messages).map(
-        _training_row,
-        fn_kwargs={"tokenizer": tokenizer, "train_on": train_on, "max_length": max_length, "truncation": truncation},
-        remove_columns=["conversation"],
-        keep_in_memory=True,
-        desc=f"Tokenizing {source}",
-    )
+    tokenized = map_rows(
+        _records_dataset(records, lambda record: record.messages), _training_row,
+        {"tokenizer": tokenizer, "train_on": train_on, "max_length": max_length, "truncation": truncation},
+        resolve_num_proc(num_proc, len(records)), desc=f"Tokenizing {source}")
     kept = tokenized.filter(lambda n_trained: n_trained > 0, input_columns="n_trained", keep_in_memory=True)
     return kept, _stats(tokenized, kept)
 
@@ -114,12 +113,20 @@ def _prompt_row(row, tokenizer):
     return {"prompt_ids": prompt_ids_for_generation(tokenizer, conversation["messages"], conversation["tools"])}
 
 
-def build_prompt_examples(records: list[Record], tokenizer: Any, source: str) -> datasets.Dataset:
+def build_prompt_examples(records: list[Record], tokenizer: Any, source: str,
+                          num_proc: int | None = None) -> datasets.Dataset:
     """Prompts to generate from, in input order, each with its record id and question type."""
-    return _records_dataset(records, lambda record: record.prompt_messages).map(
-        _prompt_row,
-        fn_kwargs={"tokenizer": tokenizer},
-        remove_columns=["conversation"],
-        keep_in_memory=True,
-        desc=f"Rendering prompts of {source}",
-    )
+    return map_rows(_records_dataset(records, lambda record: record.prompt_messages), _prompt_row,
+                    {"tokenizer": tokenizer}, resolve_num_proc(num_proc, len(records)),
+                    desc=f"Rendering prompts of {source}")
+
+def unanswered_test_records(path: str, records: list, examples, max_length: int) -> str:
+    """The warning for test records left with no answer token within ``max_length``: ``sft test``
+    neither answers nor scores them, so its metrics cover fewer records than the file holds."""
+    kept = set(examples["id"])
+    missing = [record.id for record in records if record.id not in kept]
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return (f"{path}: {len(missing)} test record(s) have no answer token within data.max_length {max_length} "
+            f"(their prompt fills it) and are neither answered nor scored: {shown}. Raise data.max_length to "
+            "test them.")
+

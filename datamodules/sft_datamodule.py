@@ -16,6 +16,7 @@ from datamodules.batching import (
     LengthGroupedBatchSampler,
     TypeGroupedBatchSampler,
     ValidationBatchSampler,
+    prompt_lengths,
 )
 from datamodules.collate import PromptCollator, training_collator
 from datamodules.packing import PackedCollator, TokenBudgetBatchSampler
@@ -24,9 +25,11 @@ from datamodules.chat_tokens import TrainOn
 from datamodules.formats import Format, SpeakerRole
 from datamodules.mixing import Mixture, TrainSource, check_sources, read_mixture
 from datamodules.normalize import ConversationSpec, read_records
-from datamodules.preprocess import TokenStats, build_prompt_examples, build_training_examples
-from datamodules.token_cache import cached_split, default_cache_dir, split_key
-from datamodules.training_data import STATE_KEY, fingerprint, new_training_data, position_in_data
+from datamodules.preprocess import (TokenStats, build_prompt_examples, build_training_examples,
+                                    unanswered_test_records)
+from datamodules.split_keys import SplitKeys
+from datamodules.token_cache import cached_split, default_cache_dir
+from datamodules.training_data import STATE_KEY, new_training_data, position_in_data
 from datamodules.truncation import Truncation
 from core.tokenizer import load_tokenizer
 
@@ -74,6 +77,7 @@ class SFTDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         answer_batch_size: int = 256,
         num_workers: int = 0,
+        num_proc: int | None = None,
         cache_tokens: bool = True,
         resume_on_new_data: bool = False,
         tokenizer_name_or_path: str | None = None,
@@ -123,9 +127,13 @@ class SFTDataModule(L.LightningDataModule):
                 at once and the others join as rows finish, so the decoding batch stays full; answers are
                 written (and a stopped run resumes) batch by batch.
             num_workers: DataLoader worker processes.
+            num_proc: Processes that tokenize a split (each takes a contiguous share of its records): by
+                default every core this run may use for a split of 10,000 records or more, one for a
+                smaller one (starting the processes costs more than its tokenizing). Any value gives
+                the same tokens in the same order.
             cache_tokens: Keep each split's tokens on disk ($SFT_TOKEN_CACHE, else
-                ~/.cache/lightning-sft/tokens), keyed by the records, the tokenizer and the options, so the
-                next run over the same data skips tokenising.
+                ~/.cache/lightning-sft/tokens), keyed by the file's bytes (a mixture: its records), the
+                tokenizer and the options, so the next run over the same data reads no record.
             resume_on_new_data: Resume a fit (--ckpt_path) on training records other than the checkpoint's:
                 its weights, optimizer and step go on, and the new data trains from its first record.
                 Without it such a resume stops and says so (it would skip the new data's first records).
@@ -164,6 +172,9 @@ class SFTDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.answer_batch_size = answer_batch_size
         self.num_workers = num_workers
+        if num_proc is not None and num_proc < 1:
+            raise ValueError(f"data.num_proc must be at least 1 (or null: every core for a large split), got {num_proc}")
+        self.num_proc = num_proc
         self.token_cache_dir = default_cache_dir() if cache_tokens else None
         self.resume_on_new_data = resume_on_new_data
         self.train_started_at_step = 0  # the global step the training records started at (a resume on new data)
@@ -174,6 +185,7 @@ class SFTDataModule(L.LightningDataModule):
         self.chat_template = chat_template
         self._tokenizer = None
         self._records: dict[str, list[Record]] = {}
+        self.split_keys = SplitKeys(self)
         self.examples: dict = {}
         self.token_stats: dict[str, TokenStats] = {}
         self.answered_before: dict[str, set[str]] = {}  # predict/test ids an interrupted run answered
@@ -213,11 +225,11 @@ class SFTDataModule(L.LightningDataModule):
     def train_fingerprint(self) -> dict:
         """The training records' count and sha256, which checkpoints keep (datamodules/training_data.py)."""
         if self._train_fingerprint is None:
-            self._train_fingerprint = fingerprint(self.records("train"))
+            self._train_fingerprint = self.split_keys.train_fingerprint()
         return self._train_fingerprint
 
     def state_dict(self) -> dict:
-        if "train" not in self._records:  # not fitting
+        if "train" not in self.examples and "train" not in self._records:  # not fitting
             return {}
         return {STATE_KEY: {**self.train_fingerprint(), "started_at_step": self.train_started_at_step,
                             "global_step": self.trainer.global_step if self.trainer is not None else 0}}
@@ -235,18 +247,19 @@ class SFTDataModule(L.LightningDataModule):
     def training_examples(self, split: str):
         """Tokenized, masked examples of a split (built once), with their statistics logged."""
         if split not in self.examples:
-            path, records = self.split_path(split), self.records(split)
-            options = {"train_on": self.spec.train_on, "max_length": self.max_length, "truncation": self.truncation}
-            key = split_key("training", records, lambda record: record.messages, self.tokenizer, options)
-            examples, stats, from_cache = cached_split(self.token_cache_dir, key, lambda: build_training_examples(
-                records, self.tokenizer, self.spec.train_on, self.max_length, path, self.truncation), TokenStats)
+            path = self.split_path(split)
+            examples, stats, from_cache = cached_split(self.token_cache_dir, self.split_keys.key(split), lambda: (
+                build_training_examples(self.records(split), self.tokenizer, self.spec.train_on, self.max_length,
+                                        path, self.truncation, self.num_proc)), TokenStats)
             self.examples[split], self.token_stats[split] = examples, stats
             rank_zero_info(stats.summary(split) + (" (tokens from the cache)" if from_cache else ""))
             self._refuse_silent_loss(split, path, stats)
             if split == "test" and stats.dropped_no_trained_tokens:
-                rank_zero_warn(unanswered_test_records(path, records, examples, self.max_length))
+                rank_zero_warn(unanswered_test_records(path, self.records(split), examples, self.max_length))
             if split == "train" and self.mixture is not None:
                 rank_zero_info(self.mixture.summary(split))
+            if split == "train" and not from_cache and self.token_cache_dir:  # kept while the records are at hand
+                self.train_fingerprint()
         return self.examples[split]
 
     def _refuse_silent_loss(self, split: str, path: str, stats: TokenStats) -> None:
@@ -268,18 +281,18 @@ class SFTDataModule(L.LightningDataModule):
 
     def prompt_examples(self, split: str = "predict"):
         if split not in self.examples:
-            records, path = self.records(split), self.split_path(split)
-            key = split_key("prompts", records, lambda record: record.prompt_messages, self.tokenizer, {})
-            self.examples[split], _, _ = cached_split(
-                self.token_cache_dir, key, lambda: (build_prompt_examples(records, self.tokenizer, path), None))
+            path = self.split_path(split)
+            self.examples[split], _, _ = cached_split(self.token_cache_dir, self.split_keys.key(split), lambda: (
+                build_prompt_examples(self.records(split), self.tokenizer, path, self.num_proc), None))
         return self.examples[split]
 
     def setup(self, stage: str) -> None:
         """The files this stage uses are read and validated here, before the model is loaded; the
         configured files it does not use are neither read nor checked (a config's test file in
-        another format does not stop a fit on your own data). ``sft demo`` checks the files of all
-        its steps before its fit starts (``check_files``)."""
-        self.check_files(STAGE_SPLITS[stage])
+        another format does not stop a fit on your own data). A file whose tokens are in the cache
+        is not read at all: its bytes, hashed, are the key, and it was checked when they were made.
+        ``sft demo`` checks the files of all its steps before its fit starts (``check_files``)."""
+        self.check_files([split for split in STAGE_SPLITS[stage] if not self.split_keys.cached(split)])
         if stage == "fit":
             self.training_examples("train")
             if self.paths["val"]:
@@ -386,20 +399,3 @@ class SFTDataModule(L.LightningDataModule):
             return PackedCollator(pad_token_id=self.tokenizer.pad_token_id)
         return self.collator_for_training()
 
-
-def prompt_lengths(examples) -> list[int]:
-    """Prompt tokens of each answering example: its ``prompt_ids`` (predict), else up to its answer position."""
-    if "prompt_ids" in examples.column_names:
-        return [len(ids) for ids in examples["prompt_ids"]]
-    return [position + 1 for position in examples["answer_position"]]
-
-
-def unanswered_test_records(path: str, records: list, examples, max_length: int) -> str:
-    """The warning for test records left with no answer token within ``max_length``: ``sft test``
-    neither answers nor scores them, so its metrics cover fewer records than the file holds."""
-    kept = set(examples["id"])
-    missing = [record.id for record in records if record.id not in kept]
-    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    return (f"{path}: {len(missing)} test record(s) have no answer token within data.max_length {max_length} "
-            f"(their prompt fills it) and are neither answered nor scored: {shown}. Raise data.max_length to "
-            "test them.")

@@ -5,12 +5,15 @@ Rendering the chat template and masking the labels costs about 1 ms a record on 
 ``sft test`` and ``sft predict`` after it. A split is stored once (Arrow, read back memory-mapped)
 under a key that hashes everything its tokens depend on:
 
-- each record's id, type, conversation (messages or prompt messages), tools and head fields;
+- the records: a split read from one local file is keyed by the file's bytes (sha256 in C, about
+  1 s a gigabyte), its suffix and the spec that reads it (format, renames, system prompt, roles), so
+  a warm start parses nothing; a mixture or a hub dataset by each record's id, type, conversation
+  (messages or prompt messages), tools and head fields, as read;
 - the tokenizer: its vocabulary and merges, special tokens and chat template;
 - the options (``train_on``, ``max_length``) and ``CACHE_VERSION``, raised whenever the code that
   turns records into tokens changes what it makes.
 
-So a changed record, template or option is a new key, never a stale hit; nothing is keyed by file
+So a changed record (any byte of its file), template or option is a new key, never a stale hit; nothing is keyed by file
 name or date. A folder appears whole or not at all (written beside, then renamed), so a run killed
 while writing leaves no half cache, and two ranks writing the same split at once keep one copy.
 """
@@ -29,7 +32,7 @@ import datasets
 from core.record import Record
 from datamodules.record_loading import quiet_datasets
 
-CACHE_VERSION = 2  # 2: keep_answer leaves a too-long answer half of max_length
+CACHE_VERSION = 3  # 2: keep_answer leaves a too-long answer half of max_length; 3: keyed by the file's bytes
 ENVIRONMENT_VARIABLE = "SFT_TOKEN_CACHE"
 
 
@@ -49,20 +52,31 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def split_key(kind: str, records: list[Record], messages_of: Callable[[Record], list], tokenizer: Any,
-              options: dict) -> str:
-    """The cache key of one split: ``kind`` (training or prompts), the records as tokenised
-    (``messages_of`` picks the conversation), the tokenizer and the options: 64 hex digits."""
+def split_key(kind: str, records_id: str, tokenizer_id: str, options: dict) -> str:
+    """The cache key of one split: ``kind`` (training or prompts), its records' digest
+    (``file_digest`` or ``records_digest``), the tokenizer's (``tokenizer_digest``) and the options:
+    64 hex digits."""
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, kind, options], sort_keys=True).encode())
-    digest.update(tokenizer_digest(tokenizer).encode())
-    _add_records(digest, records, messages_of)
+    digest.update(tokenizer_id.encode())
+    digest.update(records_id.encode())
     return digest.hexdigest()
 
 
+def file_digest(path: str | Path, spec: Any) -> str:
+    """What decides the records of a local file, without parsing it: its bytes (hashed in C, a
+    megabyte at a time), its suffix (the parser) and ``spec`` (a dataclass: how rows become
+    records), plus the ``datasets`` version that parses it: 64 hex digits. One byte changed is a
+    new digest; the file's name and date are not in it."""
+    with open(path, "rb") as file:
+        content = hashlib.file_digest(file, "sha256").hexdigest()
+    header = [Path(path).suffix.lower(), asdict(spec), datasets.__version__]
+    return hashlib.sha256(json.dumps([content, header], sort_keys=True, default=str).encode()).hexdigest()
+
+
 def records_digest(records: list[Record], messages_of: Callable[[Record], list]) -> str:
-    """The records alone, hashed as ``split_key`` hashes them (in order): 64 hex digits. What a
-    checkpoint keeps of its training data (datamodules/training_data.py): unlike the cache key it
-    does not change with the tokenizer, the options or ``CACHE_VERSION``."""
+    """The records as read, in order: 64 hex digits. What a checkpoint keeps of its training data
+    (datamodules/training_data.py), and the records' part of the cache key where the split is not
+    one local file (a mixture, a hub dataset)."""
     digest = hashlib.sha256()
     _add_records(digest, records, messages_of)
     return digest.hexdigest()
@@ -72,6 +86,32 @@ def _add_records(digest, records: list[Record], messages_of: Callable[[Record], 
     for record in records:
         fields = [record.id, record.type, messages_of(record), record.tools, record.num_choices, record.choice_label]
         digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
+
+
+def is_cached(cache_dir: Path | None, key: str) -> bool:
+    """Whether ``cached_split`` would read this key back (without reading it)."""
+    return cache_dir is not None and (Path(cache_dir) / key[:40] / "complete").is_file()
+
+
+def cached_value(cache_dir: Path | None, key: str, compute: Callable[[], Any]) -> Any:
+    """A small JSON value (a checkpoint's data fingerprint) computed once per key and kept in
+    ``cache_dir/values``; computed every time when ``cache_dir`` is None."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / "values" / f"{key[:40]}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # not stored yet, or damaged: computed (again)
+        pass
+    value = compute()
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(value))
+        partial.rename(path)
+    except OSError:  # a read-only cache: the value is still right, only not kept
+        partial.unlink(missing_ok=True)
+    return value
 
 
 def cached_split(cache_dir: Path | None, key: str, build: Callable[[], tuple[datasets.Dataset, Any]],

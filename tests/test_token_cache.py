@@ -2,6 +2,7 @@
 and any change to what the tokens depend on (a record, an option, the chat template) misses."""
 
 import os
+from pathlib import Path
 
 import datasets
 import pytest
@@ -24,6 +25,11 @@ def _datamodule(model_dir, path, **kwargs) -> SFTDataModule:
 
 def _columns(dataset) -> dict:
     return {name: dataset[name] for name in dataset.column_names}
+
+
+def _split_folders(cache_root) -> list[str]:
+    """The stored splits (``values`` holds the training data's fingerprints)."""
+    return sorted(set(os.listdir(cache_root)) - {"values"})
 
 
 @pytest.fixture
@@ -90,13 +96,13 @@ def test_a_damaged_or_half_written_copy_is_built_again(tiny_model_dir, tmp_path,
     path = write_jsonl(tmp_path / "train.jsonl", RECORDS)
     first = _columns(_datamodule(tiny_model_dir, path).training_examples("train"))
     cache_root = os.environ["SFT_TOKEN_CACHE"]
-    (folder,) = [name for name in os.listdir(cache_root)]
+    (folder,) = _split_folders(cache_root)
     for name in os.listdir(os.path.join(cache_root, folder, "dataset")):
         if name.endswith(".arrow"):
             os.remove(os.path.join(cache_root, folder, "dataset", name))
     again = _columns(_datamodule(tiny_model_dir, path).training_examples("train"))
     assert count_builds["training"] == 2 and again == first
-    assert os.listdir(cache_root) == [folder]  # stored whole again, no partial folder beside it
+    assert _split_folders(cache_root) == [folder]  # stored whole again, no partial folder beside it
 
 
 def test_a_folder_without_its_completion_mark_is_not_read(tmp_path):
@@ -111,3 +117,51 @@ def test_a_folder_without_its_completion_mark_is_not_read(tmp_path):
     assert built == [1] and not from_cache and stats is None and dataset["x"] == [1]
     dataset, stats, from_cache = cached_split(tmp_path, "k", build)
     assert built == [1] and from_cache and dataset["x"] == [1]
+
+
+def _refuse_to_read(monkeypatch):
+    """Any parse or normalisation of a record file fails the test."""
+    import datamodules.normalize as normalize
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a warm start read the records")
+    monkeypatch.setattr(normalize, "load_records", refuse)
+    monkeypatch.setattr(normalize, "normalize_row", refuse)
+
+
+def test_a_warm_start_parses_no_record(tiny_model_dir, tmp_path, count_builds, monkeypatch):
+    from datamodules.inspect import split_errors
+
+    path = write_jsonl(tmp_path / "train.jsonl", RECORDS)
+    val_path = write_jsonl(tmp_path / "val.jsonl", RECORDS[:1])
+    cold = _datamodule(tiny_model_dir, path, val_path=val_path)
+    cold.setup("fit")
+    cold.setup("predict")
+    cold_state = cold.state_dict()
+    _refuse_to_read(monkeypatch)
+    warm = _datamodule(tiny_model_dir, path, val_path=val_path)
+    warm.setup("fit")
+    warm.setup("predict")
+    assert count_builds == {"training": 2, "prompts": 1}  # train and val once each, by the cold module
+    assert split_errors(warm, "train", limit=20) == []  # sft inspect's check: the tokens were made after it
+    for split in ("train", "val", "predict"):
+        assert _columns(warm.examples[split]) == _columns(cold.examples[split])
+    assert warm.state_dict() == cold_state  # the checkpoint's fingerprint of the data, read back
+    assert cold_state["training_data"]["records"] == 2
+
+
+def test_one_byte_changed_in_a_record_misses(tiny_model_dir, tmp_path, count_builds):
+    path = write_jsonl(tmp_path / "train.jsonl", RECORDS)
+    first = _datamodule(tiny_model_dir, path)
+    first.training_examples("train")
+    content = Path(path).read_bytes()
+    changed = content.replace(b'"answer": "B"', b'"answer": "A"')
+    assert len(changed) == len(content) and sum(a != b for a, b in zip(content, changed)) == 1
+    Path(path).write_bytes(changed)
+    second = _datamodule(tiny_model_dir, path)
+    examples = second.training_examples("train")
+    assert count_builds["training"] == 2
+    assert examples["choice_label"] != first.examples["train"]["choice_label"]
+    assert second.train_fingerprint() != first.train_fingerprint()
+    rebuilt = _datamodule(tiny_model_dir, path, cache_tokens=False).training_examples("train")
+    assert _columns(examples) == _columns(rebuilt)
