@@ -6,6 +6,7 @@ results folder) and the run's model (adapter merged in memory) are tested either
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from tests.tiny import build_tokenizer
 QUESTIONS = [("2+2=", ["4", "5", "9"], 0), ("3+3=", ["7", "6", "2"], 1), ("ab", ["c", "d"], 0), ("xy", ["z", "a"], 1)]
 
 
-def write_local_task(folder) -> "Path":
+def write_local_task(folder: Path) -> Path:
     """lm-eval's own local-task format: a YAML reading a jsonl through ``dataset_path: json``."""
     data = folder / "questions.jsonl"
     data.write_text("".join(json.dumps({"q": q, "options": o, "gold": g}) + "\n" for q, o, g in QUESTIONS))
@@ -117,13 +118,19 @@ def test_unknown_and_unreachable_tasks_are_one_line(tiny_model_dir, tmp_path, mo
     line = run_console(["eval", str(tiny_model_dir), "--out", str(tmp_path), "--tasks", "no_such_task"], monkeypatch, capsys)
     assert "--tasks no_such_task: no lm-eval task" in line
 
+    (tmp_path / "tasks").mkdir()
+    task = write_local_task(tmp_path / "tasks")
+    (tmp_path / "tasks" / "questions.jsonl").unlink()
+    line = run_console(["eval", str(tiny_model_dir), "--out", str(tmp_path / "out"), "--tasks", str(task)], monkeypatch, capsys)
+    assert f"--tasks {task}: its data could not be read" in line and "questions.jsonl" in line
+
     def offline(path, **_):  # what datasets raises without the hub (measured: after ~60 s of retries)
         raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(lm_eval.api.task.datasets, "load_dataset", offline)
     line = run_console(["eval", str(tiny_model_dir), "--out", str(tmp_path), "--tasks", "hellaswag"], monkeypatch, capsys)
     assert "--tasks hellaswag" in line and "Rowan/hellaswag" in line and "hub" in line
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "out").exists() and not (tmp_path / "lm_eval_results.json").exists()
 
 
 def test_missing_extra_is_named(monkeypatch):
