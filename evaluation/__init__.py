@@ -4,4 +4,5 @@
 - ``code_execution.py`` over ``sandbox.py`` / ``sandbox_launcher.py``: generated code run safely.
 - ``answer_files.py`` and ``answer_journal.py``: answers written whole, and kept across a kill.
 - ``report.py``, ``curves.py``, ``run_table.py``: base vs tuned, loss curves, run tables.
+- ``harness.py`` with ``harness_source.py`` and ``harness_tasks/``: ``sft eval``, lm-evaluation-harness on a model.
 """

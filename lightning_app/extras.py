@@ -77,10 +77,17 @@ def compare_command(argv: list[str]) -> None:
 
 
 def export_gguf_command(argv: list[str]) -> None:
-    """sft export-gguf RUN/merged --out model.gguf --type f16|q8_0: one GGUF for llama.cpp and Ollama."""
+    """sft export-gguf RUN/merged --out model.gguf --type f16|q8_0|q4_k_m|q5_k_m|q6_k: one GGUF for llama.cpp and Ollama."""
     from lightning_app.export import export_gguf_command as export_gguf
 
     export_gguf(argv)
+
+
+def eval_command(argv: list[str]) -> None:
+    """sft eval RUN|FOLDER|MODEL [--tasks T,...]: lm-evaluation-harness, results in <run>/eval."""
+    from lightning_app.eval import eval_command as evaluate
+
+    evaluate(argv)
 
 
 def demo_command(argv: list[str]) -> None:
@@ -99,7 +106,7 @@ def chat_command(argv: list[str]) -> None:
 
 EXTRA_COMMANDS = {"inspect": inspect_command, "fetch-model": fetch_model_command, "score": score_command,
                   "report": report_command, "compare": compare_command, "demo": demo_command,
-                  "export-gguf": export_gguf_command, "chat": chat_command}
+                  "export-gguf": export_gguf_command, "eval": eval_command, "chat": chat_command}
 
 # One line each for ``sft --help``; LightningCLI's own subcommands first.
 COMMAND_SUMMARIES = {
@@ -113,7 +120,8 @@ COMMAND_SUMMARIES = {
     "report": "base vs tuned: metrics, examples and loss curves as Markdown and HTML",
     "compare": "one table and overlaid loss curves across runs",
     "demo": "fit, test tuned and base, predict, report: what `make demo` runs",
-    "export-gguf": "write a merged folder as one GGUF (f16 or q8_0) for llama.cpp/Ollama, checked by logits",
+    "export-gguf": "write a merged folder as one GGUF (f16, q8_0; K-quants with the llama extra), checked by logits and llama.cpp",
+    "eval": "standard benchmarks (lm-evaluation-harness, the eval extra) on a run, folder or model",
     "chat": "talk with a checkpoint or model in the terminal, replies streamed",
 }
 

@@ -43,10 +43,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     from core.embedded import EmbeddedModelError
     from core.step_loss import AccumulationMismatchError
     from core.tokenizer import ModelLoadError
+    from evaluation.harness import HarnessError
+    from modules.export.gguf_metadata import GGUFExportError
     from modules.backbone.quantization import NeedsCUDAError, QuantizedKernelsMissingError
 
     return (ValueError, FileNotFoundError, ModelLoadError, AccumulationMismatchError, NeedsCUDAError,
-            QuantizedKernelsMissingError, EmbeddedModelError, OutputWriteError)
+            QuantizedKernelsMissingError, EmbeddedModelError, OutputWriteError, HarnessError, GGUFExportError)
 
 
 if __name__ == "__main__":

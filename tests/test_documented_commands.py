@@ -18,10 +18,12 @@ config's own training file (data/examples/<layout>/ or data/bundled/), ``answers
 predictions of the document's previous ``sft predict``; ``sft chat`` reads ``hello`` then ``/exit``
 from its input, as the pipe in docs/answers.md does. Each command is checked at once for what its
 user looks for: a checkpoint after ``fit``, an answer per input id after ``predict``,
-``metrics.json`` after ``test``, the files ``report``, ``compare`` and ``export-gguf`` write.
+``metrics.json`` after ``test``, the files ``report``, ``compare``, ``export-gguf`` and ``eval`` write
+(``eval`` on two documents per task). Commands of an optional extra run where it is installed.
 """
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -67,6 +69,13 @@ NOT_IN_CI = {
         f"{GPUS}, and DeepSpeed needs CUDA; tests/test_sharded.py checks the overlay's arguments and runs it in "
         "its gpu-marked test_deepspeed_zero3_lora_fits_and_merges",
 }
+# Commands of an optional extra run where it is installed (tests/test_eval_harness.py and
+# tests/modules/export/test_gguf_llama_cpp.py skip the same way).
+if importlib.util.find_spec("lm_eval") is None:
+    NOT_IN_CI["sft eval runs/demo/fit"] = "needs the eval extra (pip install -e '.[eval]'), not installed here"
+if importlib.util.find_spec("llama_cpp") is None:
+    NOT_IN_CI["sft export-gguf runs/demo/fit/merged --out smollm2-demo-q4.gguf --type q4_k_m"] = \
+        "needs the llama extra (pip install -e '.[llama]'), not installed here"
 DDP_ON_CPU = ("2 processes: Lightning relaunches the command line for rank 1, which an in-process run cannot do; "
               "tests/test_ddp.py::test_ddp_on_two_processes_trains_as_one_process_and_checkpoints_cross_over runs "
               "`sft fit --trainer.strategy ddp --trainer.devices 2` on the CPU in a subprocess, on the tiny model")
@@ -177,6 +186,8 @@ class DocumentRun:
         """The command as it runs here: its own words with the files substituted, then the shrinking options."""
         args = [self.substitute(word, command) for word in shlex.split(command)[1:]]
         name = subcommand(args)
+        if name == "eval":  # two documents per shipped task: the tiny model's answers run to the token limit
+            return args + ["--limit", "2"]
         if "--config" not in args:
             return args  # score, report, compare, export-gguf, --help: no model, no trainer
         given = options_of(args)
@@ -385,6 +396,13 @@ def check_export_gguf(outcome: Outcome) -> None:
     assert {out, out.with_name(f"{out.name}.report.json")} <= set(outcome.written)  # not renamed .failed
 
 
+def check_eval(outcome: Outcome) -> None:
+    [results] = written(outcome, "runs/*/*/eval/lm_eval_results.json")
+    scores = json.loads(results.read_text())["results"]
+    assert {"sft_bundled_choice", "sft_bundled_math"} <= set(scores) and 0 <= scores["sft_bundled_choice"]["acc,none"] <= 1
+    assert results.with_name("lm_eval_results.md") in outcome.written
+
+
 def check_chat(outcome: Outcome) -> None:
     assert "chatting with" in outcome.output and "assistant: " in outcome.output
 
@@ -395,4 +413,4 @@ def check_help(outcome: Outcome) -> None:
 
 CHECKS = {"fit": check_fit, "validate": check_validate, "test": check_test, "predict": check_predict,
           "inspect": check_inspect, "score": check_score, "report": check_report, "compare": check_compare,
-          "export-gguf": check_export_gguf, "chat": check_chat, "--help": check_help}
+          "export-gguf": check_export_gguf, "eval": check_eval, "chat": check_chat, "--help": check_help}
