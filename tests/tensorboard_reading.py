@@ -28,3 +28,11 @@ def text_cards(run_dir: Path) -> dict[str, str]:
             if events.SummaryMetadata(tag).plugin_data.plugin_name == text_metadata.PLUGIN_NAME]
     return {tag.removesuffix("/text_summary"): tensor_util.make_ndarray(events.Tensors(tag)[-1].tensor_proto).item().decode()
             for tag in tags}
+
+
+def text_series(run_dir: Path, tag: str) -> list[tuple[int, str]]:
+    """(step, Markdown) of every text summary under ``tag``, in step order (the Text tab's slider)."""
+    events = events_of(run_dir)
+    return [(event.step, tensor_util.make_ndarray(event.tensor_proto).item().decode())
+            for event in events.Tensors(f"{tag}/text_summary")]
+

@@ -1,19 +1,22 @@
-"""What `tensorboard --logdir runs` shows after a fit and a test, read from the event files through
-TensorBoard's own reader: runs named for what ran, the loss and TRL's signals as curves (the gradient
-norm equal to one computed by hand before clipping), one text card of the run's fixed facts instead
-of one-point charts, and HParams sessions with real results, no placeholder hp_metric."""
+"""What `tensorboard --logdir runs` shows after a fit and a test, read from the event files
+through TensorBoard's own reader: runs named for what ran, the loss and TRL's signals as curves (the
+gradient norm equal to one computed by hand before clipping), one text card of the run's fixed facts
+instead of one-point charts, a table of validation answers at each validation, and HParams sessions
+with real results, no placeholder hp_metric."""
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from callbacks.answer_table import answer_table_markdown
 from lightning_app.cli import SFTCLI
 from lightning_app.main import main
 from tests.factories import TYPED_RECORDS, write_jsonl
-from tests.tensorboard_reading import events_of, hparams_session, text_cards
+from tests.tensorboard_reading import events_of, hparams_session, text_cards, text_series
 from tests.test_cli import run_config  # noqa: F401 (the tiny CLI config fixture)
 from tests.tolerances import reordering_bound
 
@@ -44,11 +47,13 @@ def fitted_and_tested(run_config, tmp_path):  # noqa: F811 (the fixture imported
     labelled = write_jsonl(tmp_path / "labelled.jsonl", TYPED_RECORDS)
     main(["test", "--config", run_config, "--ckpt_path", "last", "--data.test_path", labelled,
           "--model.generation_per_type", json.dumps({"code-generate": {"num_samples": 1}})])  # one code run, not 3
-    return tmp_path / "runs" / "tiny", recorder.norms
+    return SimpleNamespace(runs=tmp_path / "runs" / "tiny", norms_by_hand=recorder.norms,
+                           val_records=cli.datamodule.records("val"))
 
 
-def test_tensorboard_shows_named_runs_the_signals_a_text_card_and_hparams_with_results(fitted_and_tested):
-    runs, norms_by_hand = fitted_and_tested
+def test_tensorboard_shows_named_runs_the_signals_text_and_hparams_with_results(fitted_and_tested):
+    """One fit and test (15 s) for every check: the signals here, then the answer tables."""
+    runs, norms_by_hand = fitted_and_tested.runs, fitted_and_tested.norms_by_hand
     assert sorted(path.name for path in runs.iterdir()) == ["fit", "test"]
     fit_events = events_of(runs / "fit")
     scalars = set(fit_events.Tags()["scalars"])
@@ -81,3 +86,22 @@ def test_tensorboard_shows_named_runs_the_signals_a_text_card_and_hparams_with_r
     assert {"test/loss", "test/choice/accuracy", "test/overall/score"} <= test_metric_tags
     assert not [tag for tag in test_metric_tags if tag.endswith("/count")]  # record counts are not results
     assert test_metric_tags <= set(events_of(runs / "test").Tags()["scalars"])  # each one a value in the run
+    check_a_table_of_greedy_answers_beside_the_references_at_each_validation(fitted_and_tested)
+
+
+def check_a_table_of_greedy_answers_beside_the_references_at_each_validation(fitted_and_tested):
+    runs, val_records = fitted_and_tested.runs, fitted_and_tested.val_records
+    tables = text_series(runs / "fit", "val/answers")
+    assert [step for step, _ in tables] == [1, 2]  # one table per validation (val_check_interval 1, 2 steps)
+    for _, table in tables:  # every validation record (2 < 4 prompts), its prompt and reference as trained
+        for record in val_records:
+            without_answer = answer_table_markdown([(record, "")]).splitlines()[-1].removesuffix(" |")
+            assert [line for line in table.splitlines() if line.startswith(without_answer)], (without_answer, table)
+        assert "2 of 2 prompts answered" in table
+    # The last validation saw the weights the test answered with (the last checkpoint), greedily with the
+    # same 4 new tokens: its answers are the test's, one prompt at a time against the test's batch.
+    test_answers = {row["id"]: row["content"] for row in map(json.loads, (
+        runs / "test" / "test_answers" / "predictions.jsonl").read_text().splitlines())}
+    expected = answer_table_markdown([(record, test_answers[record.id]) for record in val_records])
+    assert tables[-1][1].startswith(expected + "\n"), (expected, tables[-1][1])
+
