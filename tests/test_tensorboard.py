@@ -1,8 +1,8 @@
-"""What `tensorboard --logdir runs` shows after a fit and a test, read from the event files
+"""What `tensorboard --logdir runs` shows after a fit, a test and a report, read from the event files
 through TensorBoard's own reader: runs named for what ran, the loss and TRL's signals as curves (the
 gradient norm equal to one computed by hand before clipping), one text card of the run's fixed facts
-instead of one-point charts, a table of validation answers at each validation, and HParams sessions
-with real results, no placeholder hp_metric."""
+instead of one-point charts, a table of validation answers at each validation, the report's figures
+as images, and HParams sessions with real results, no placeholder hp_metric."""
 
 import json
 import math
@@ -47,12 +47,16 @@ def fitted_and_tested(run_config, tmp_path):  # noqa: F811 (the fixture imported
     labelled = write_jsonl(tmp_path / "labelled.jsonl", TYPED_RECORDS)
     main(["test", "--config", run_config, "--ckpt_path", "last", "--data.test_path", labelled,
           "--model.generation_per_type", json.dumps({"code-generate": {"num_samples": 1}})])  # one code run, not 3
-    return SimpleNamespace(runs=tmp_path / "runs" / "tiny", norms_by_hand=recorder.norms,
-                           val_records=cli.datamodule.records("val"))
+    runs = tmp_path / "runs" / "tiny"
+    base_answers = runs / "test" / "test_answers" / "predictions.jsonl"  # any answers file: the report's other side
+    main(["report", "--base", str(base_answers), "--tuned", str(runs / "test"), "--references", labelled,
+          "--out", str(tmp_path / "report")])
+    return SimpleNamespace(runs=runs, norms_by_hand=recorder.norms, val_records=cli.datamodule.records("val"),
+                           report=tmp_path / "report")
 
 
-def test_tensorboard_shows_named_runs_the_signals_text_and_hparams_with_results(fitted_and_tested):
-    """One fit and test (15 s) for every check: the signals here, then the answer tables."""
+def test_tensorboard_shows_named_runs_the_signals_text_images_and_hparams_with_results(fitted_and_tested):
+    """One fit, test and report (15 s) for every check: the signals here, then the tables and images."""
     runs, norms_by_hand = fitted_and_tested.runs, fitted_and_tested.norms_by_hand
     assert sorted(path.name for path in runs.iterdir()) == ["fit", "test"]
     fit_events = events_of(runs / "fit")
@@ -87,6 +91,7 @@ def test_tensorboard_shows_named_runs_the_signals_text_and_hparams_with_results(
     assert not [tag for tag in test_metric_tags if tag.endswith("/count")]  # record counts are not results
     assert test_metric_tags <= set(events_of(runs / "test").Tags()["scalars"])  # each one a value in the run
     check_a_table_of_greedy_answers_beside_the_references_at_each_validation(fitted_and_tested)
+    check_the_report_figures_are_images_in_the_training_run(fitted_and_tested)
 
 
 def check_a_table_of_greedy_answers_beside_the_references_at_each_validation(fitted_and_tested):
@@ -104,4 +109,15 @@ def check_a_table_of_greedy_answers_beside_the_references_at_each_validation(fit
         runs / "test" / "test_answers" / "predictions.jsonl").read_text().splitlines())}
     expected = answer_table_markdown([(record, test_answers[record.id]) for record in val_records])
     assert tables[-1][1].startswith(expected + "\n"), (expected, tables[-1][1])
+
+
+def check_the_report_figures_are_images_in_the_training_run(fitted_and_tested):
+    events = events_of(fitted_and_tested.runs / "fit")
+    assert set(events.Tags()["images"]) == {"report/scores_by_type", "report/loss_curves"}
+    for tag in events.Tags()["images"]:
+        [image] = events.Images(tag)
+        png = (fitted_and_tested.report / f"{tag.removeprefix('report/')}.png").read_bytes()
+        assert image.encoded_image_string == png and image.step == 2  # the report's file, at the run's last step
+    markdown = (fitted_and_tested.report / "report.md").read_text()
+    assert "![Scores per type](scores_by_type.png)" in markdown and "![Loss curves](loss_curves.png)" in markdown
 
