@@ -8,8 +8,8 @@ the run's own scalar tags, read by the HParams tab at their last value: a fit's 
 final), ``val/best_loss`` (written here, the lowest), ``train/loss_epoch``, tokens/s, seconds per
 epoch, peak memory, and ``val/overall/score`` with validation answers; a test's every ``test/...``
 tag (the loss and each type's metric). No placeholder ``hp_metric`` of -1: the CLI's TensorBoard
-loggers are built with ``default_hp_metric=False``, so this is the run's first and only session
-(TensorBoard shows only a run's first). The other trackers get params plus metrics named ``hparams/<summary field>`` (``hparams/final_val_loss``,
+loggers are built with ``default_hp_metric=False``, so this is the run's only session (TensorBoard
+shows only a run's first): a resumed fit replaces it. The other trackers get params plus metrics named ``hparams/<summary field>`` (``hparams/final_val_loss``,
 ``hparams/test_choice_accuracy``, ...).
 """
 
@@ -24,6 +24,7 @@ FIT_RESULT_TAGS = {"final_val_loss": "val/loss", "best_val_loss": "val/best_loss
 PEAK_MEMORY_TAGS = {"gpu_allocated": "memory/fit_peak_allocated_mib", "cpu_rss": "memory/cpu_peak_rss_mib"}
 PEFT_SIZES = ("r", "lora_alpha", "lora_dropout", "num_virtual_tokens")  # a PEFT method's size, where it has one
 COUNTS = ("/count", "/samples", "/passed")  # how many records or samples a test metric is over: not a result
+HPARAMS_EVENTS_SUFFIX = ".hparams"  # the events file holding a run's HParams session (one per run folder)
 
 
 def run_hparams(trainer, pl_module, summary: dict) -> dict:
@@ -81,11 +82,18 @@ def log_run_hparams(trainer, pl_module, summary: dict) -> None:
 def write_hparams_session(folder: Path, params: dict, results: dict[str, float], best_val_loss: float | None,
                           step: int) -> None:
     """One TensorBoard HParams session in the run ``folder``: the params, and the result tags as its
-    metrics; of those, only ``val/best_loss`` is not already a scalar of the run."""
+    metrics; of those, only ``val/best_loss`` is not already a scalar of the run.
+
+    In an events file of its own (``*.hparams``), which replaces the one an earlier fit of the same run
+    wrote: TensorBoard keeps the first session a run folder holds, so a resumed fit's would be ignored and
+    the table would show the first fit's settings (``max_steps`` 2 of a run resumed to 4). The best
+    validation loss survives in the checkpoint (``run_summary.py``), so the new file's is the run's best."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
-    with SummaryWriter(log_dir=str(folder)) as writer:
+    for earlier in folder.glob(f"events.out.tfevents.*{HPARAMS_EVENTS_SUFFIX}"):
+        earlier.unlink()
+    with SummaryWriter(log_dir=str(folder), filename_suffix=HPARAMS_EVENTS_SUFFIX) as writer:
         for session_summary in hparams(params, results):  # experiment, session start, session end
             writer.file_writer.add_summary(session_summary)
         if best_val_loss is not None:

@@ -52,7 +52,8 @@ from modules.speed.compiling import compile_repeated_blocks, compiles_this_run, 
 from modules.speed.frozen_weights import store_frozen_weights_for_fit
 from modules.speed.training_attention import use_block_attention_in_budget
 from modules.training.grad_norm import total_grad_norm
-from modules.training.optimizer import Schedule, one_dimensional_names, parameter_groups, schedule, with_fused_step
+from modules.training.optimizer import (Schedule, learning_rates, one_dimensional_names, parameter_groups, schedule,
+                                       with_fused_step)
 from modules.training.resume import follow_current_schedule, mark_cut_epoch_unfinished, rebuild_train_loader_after_restore
 from modules.training.sharding import optimizer_states_keyed_by_position, refuse_quantized_sharding, shards_parameters
 
@@ -307,13 +308,15 @@ class SFTModule(L.LightningModule):
         """All micro-batches of the step are in (on every rank), not yet clipped: log one point per
         optimizer step of its losses, token accuracy and entropy (``train/loss``, ...: whatever each
         is a mean over), ``train/loss_epoch`` (the mean step loss), the gradient norm before clipping,
-        the learning rate the step takes and the tokens seen. A non-finite step is left out: the
-        numerics callback stops the run on it, or skips the step (then the epoch mean stays the mean
-        of the steps that were taken)."""
+        the learning rate the step takes (the head's too where ``head_lr`` gives it its own) and the
+        tokens seen. A non-finite step is left out: the numerics callback stops the run on it, or skips
+        the step (then the epoch mean stays the mean of the steps that were taken)."""
         step_losses = step_losses_over_ranks(self._step_losses, self._sum_over_ranks)
         self._step_losses = {}
-        for name, value in (("tokens_seen", self.tokens_seen), ("trained_tokens_seen", self.trained_tokens_seen),
-                            ("learning_rate", optimizer.param_groups[0]["lr"])):
+        has_head_group = self.head_lr is not None and any(p.requires_grad for p in self.head.parameters())
+        figures = {"tokens_seen": self.tokens_seen, "trained_tokens_seen": self.trained_tokens_seen,
+                   **learning_rates(optimizer.param_groups, has_head_group)}
+        for name, value in figures.items():
             self.log(f"train/{name}", float(value), on_step=True, on_epoch=False, batch_size=1)
         if not all(torch.isfinite(value).all() for value in step_losses.values()):
             return

@@ -3,6 +3,8 @@
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.util import tensor_util
@@ -36,3 +38,10 @@ def text_series(run_dir: Path, tag: str) -> list[tuple[int, str]]:
     return [(event.step, tensor_util.make_ndarray(event.tensor_proto).item().decode())
             for event in events.Tensors(f"{tag}/text_summary")]
 
+
+def hparams_session_count(run_dir: Path) -> int:
+    """How many HParams sessions the run folder's event files start, read event by event (the accumulator
+    keeps a tag's first metadata only, as the HParams tab does)."""
+    return sum(value.tag == hparams_metadata.SESSION_START_INFO_TAG
+               for path in sorted(run_dir.glob("*tfevents*"))
+               for event in EventFileLoader(str(path)).Load() for value in event.summary.value)

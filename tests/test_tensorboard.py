@@ -2,7 +2,7 @@
 through TensorBoard's own reader: runs named for what ran, the loss and TRL's signals as curves (the
 gradient norm equal to one computed by hand before clipping), one text card of the run's fixed facts
 instead of one-point charts, a table of validation answers at each validation, the report's figures
-as images, and HParams sessions with real results, no placeholder hp_metric."""
+as images, and HParams sessions with real results, no placeholder hp_metric, one per run after a resume."""
 
 import json
 import math
@@ -16,7 +16,7 @@ from callbacks.answer_table import answer_table_markdown
 from lightning_app.cli import SFTCLI
 from lightning_app.main import main
 from tests.factories import TYPED_RECORDS, write_jsonl
-from tests.tensorboard_reading import events_of, hparams_session, text_cards, text_series
+from tests.tensorboard_reading import events_of, hparams_session, hparams_session_count, text_cards, text_series
 from tests.test_cli import run_config  # noqa: F401 (the tiny CLI config fixture)
 from tests.tolerances import reordering_bound
 
@@ -121,3 +121,24 @@ def check_the_report_figures_are_images_in_the_training_run(fitted_and_tested):
     markdown = (fitted_and_tested.report / "report.md").read_text()
     assert "![Scores per type](scores_by_type.png)" in markdown and "![Loss curves](loss_curves.png)" in markdown
 
+
+def test_a_resumed_fit_is_one_hparams_session_with_its_new_budget(run_config, tmp_path):  # noqa: F811
+    """Also: the sanity check answers nothing (no table at step 0 nor at the resume's step 2), and a head
+    with its own learning rate logs it beside the model's, in the configured ratio at every step."""
+    head = ["--model.head", json.dumps({"class_path": "modules.heads.MultiHead"}), "--model.head_lr", "0.01",
+            "--merge.enabled", "false"]  # the model's lr is 1e-3
+    main(["fit", "--config", run_config, *head])  # 2 steps, then validation; sanity checks on (Lightning's default)
+    main(["fit", "--config", run_config, *head, "--trainer.max_steps", "4", "--ckpt_path", "last"])
+    run = tmp_path / "runs" / "tiny" / "fit"
+    assert hparams_session_count(run) == 1
+    params, _ = hparams_session(run)
+    assert params["max_steps"] == 4  # the resumed fit's, not the first's 2
+    events = events_of(run)
+    val_losses = [point.value for point in events.Scalars("val/loss")]
+    assert len(val_losses) == 2  # one validation a fit (the sanity checks log nothing)
+    assert [(point.step, point.value) for point in events.Scalars("val/best_loss")] == [(4, pytest.approx(min(val_losses)))]
+    assert [step for step, _ in text_series(run, "val/answers")] == [2, 4]
+    model_lr, head_lr = events.Scalars("train/learning_rate"), events.Scalars("train/learning_rate_head")
+    assert [point.step for point in head_lr] == [point.step for point in model_lr] and len(head_lr) == 4
+    for model_point, head_point in zip(model_lr, head_lr):  # one schedule, scaling both groups alike
+        assert head_point.value == pytest.approx(10 * model_point.value, rel=1e-6)
