@@ -5,18 +5,19 @@ The answers a model gives are the first thing a fine-tuner checks, and a loss cu
 On by default and cheap: ``num_prompts`` prompts (one of each question type first, the same ones at
 every validation), greedy, at most ``max_new_tokens`` new tokens each, one prompt at a time, and no new
 prompt started once the next would likely end after ``max_seconds`` (the table says how many were
-answered and in how long). Not at the sanity check, never in test or predict. ``--answer_table.num_prompts
-0`` turns it off. Scoring validation answers as a metric is ``validation_answers.py``'s (off by default).
+answered and in how long). Not at the sanity check, never in test or predict, and not under a sharded
+strategy (FSDP, ZeRO-3: generation needs whole weights). ``--answer_table.num_prompts 0`` turns it off.
+Scoring validation answers as a metric is ``validation_answers.py``'s (off by default).
 """
 
 import time
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import move_data_to_device
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_info
 
 from core.tables import markdown_table
-from modules.generation.merged_adapters import adapters_merged
+from modules.training.sharding import shards_parameters
 
 TABLE_TAG = "val/answers"
 CELL_CHARACTERS = 300  # a longer prompt, reference or answer is cut: the table stays readable in a browser
@@ -35,9 +36,15 @@ class AnswerTable(Callback):
         self.max_new_tokens = max_new_tokens
         self.max_seconds = max_seconds
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.num_prompts > 0 and shards_parameters(trainer.strategy):
+            rank_zero_info("answer_table: no validation answers under a sharded strategy (FSDP, DeepSpeed ZeRO-3): "
+                           "generating needs whole weights on each rank")
+
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         datamodule = trainer.datamodule
-        if self.num_prompts <= 0 or trainer.sanity_checking or datamodule is None or not datamodule.paths.get("val"):
+        if (self.num_prompts <= 0 or trainer.sanity_checking or datamodule is None or not datamodule.paths.get("val")
+                or shards_parameters(trainer.strategy)):
             return
         examples = datamodule.training_examples("val").with_format(None)
         rows = preview_rows(examples["record_type"], self.num_prompts)
@@ -53,12 +60,14 @@ class AnswerTable(Callback):
                 logger.experiment.add_text(TABLE_TAG, table + note, global_step=trainer.global_step)
 
     def _answers(self, trainer, pl_module, examples: list[dict]) -> tuple[list[dict], float]:
-        """Answered as ``sft test`` answers (adapters merged, the run's precision), training going on from
-        exactly the weights it had; one prompt at a time, rank 0 deciding for every rank whether the next
-        one fits the time cap (sharded weights need every rank in each forward)."""
+        """Answered in the run's precision by the model as it trains, adapters unmerged: merging copies
+        and restores every adapted base weight (400 MB for the demo's LoRA, seconds on a CPU before the
+        first token), which pays over ``sft test``'s thousands of tokens, not over a few short answers.
+        One prompt at a time, rank 0 deciding for every rank whether the next one fits the time cap, so
+        the ranks of a data-parallel run answer the same prompts."""
         plan, collate = pl_module.generation.greedy_preview(self.max_new_tokens), trainer.datamodule.collator_for_training()
         answers, start = [], time.monotonic()
-        with adapters_merged(pl_module.model, restore_exactly=True), trainer.precision_plugin.forward_context():
+        with trainer.precision_plugin.forward_context():
             for example in examples:
                 elapsed = time.monotonic() - start
                 if answers and not trainer.strategy.broadcast(elapsed * (len(answers) + 1) / len(answers) <= self.max_seconds):
