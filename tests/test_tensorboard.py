@@ -16,7 +16,8 @@ from callbacks.answer_table import answer_table_markdown
 from lightning_app.cli import SFTCLI
 from lightning_app.main import main
 from tests.factories import TYPED_RECORDS, write_jsonl
-from tests.tensorboard_reading import events_of, hparams_session, hparams_session_count, text_cards, text_series
+from tests.tensorboard_reading import (events_of, hparams_session, hparams_session_count, hparams_table, text_cards,
+                                      text_series)
 from tests.test_cli import run_config  # noqa: F401 (the tiny CLI config fixture)
 from tests.tolerances import reordering_bound
 
@@ -77,19 +78,22 @@ def test_tensorboard_shows_named_runs_the_signals_text_images_and_hparams_with_r
     assert "| method | LoraConfig (r 4, lora_alpha 8) |" in card and "| precision | 32-true |" in card
     assert f"| train | {len(TYPED_RECORDS)} | {len(TYPED_RECORDS)} | 0 | 0 |" in card  # records, kept, cut, dropped
 
-    params, metric_tags = hparams_session(runs / "fit")
+    params = hparams_session(runs / "fit")
     assert (params["method"], params["peft_r"], params["peft_lora_alpha"]) == ("LoraConfig", 4, 8)
     assert (params["optimizer"], params["lr"], params["batch_size"]) == ("AdamW", pytest.approx(1e-3), 2)
     assert (params["max_steps"], params["seed"], params["train_examples"]) == (2, 7, len(TYPED_RECORDS))
-    assert {"val/loss", "val/best_loss", "train/loss_epoch", "throughput/tokens_per_second"} <= metric_tags
-    assert "hp_metric" not in metric_tags and "hp_metric" not in fit_events.Tags()["scalars"]
+    assert hparams_session(runs / "test")["test_examples"] == len(TYPED_RECORDS)
+    assert "hp_metric" not in fit_events.Tags()["scalars"]
     summary = json.loads((runs / "fit" / "summary.json").read_text())
     assert summary["best_val_loss"] == pytest.approx(min(val_losses))
 
-    _, test_metric_tags = hparams_session(runs / "test")
-    assert {"test/loss", "test/choice/accuracy", "test/overall/score"} <= test_metric_tags
-    assert not [tag for tag in test_metric_tags if tag.endswith("/count")]  # record counts are not results
-    assert test_metric_tags <= set(events_of(runs / "test").Tags()["scalars"])  # each one a value in the run
+    # The table's columns over both runs, as TensorBoard builds them: the fit's settings and results beside
+    # the test's (with a description of its own in each run, TensorBoard took one run's and lost the other's).
+    differs, metric_tags = hparams_table(runs)
+    assert {"lr", "optimizer", "max_steps", "train_examples", "test_examples"} <= set(differs)
+    assert {"val/loss", "val/best_loss", "train/loss_epoch", "test/loss", "test/choice/accuracy",
+            "test/overall/score"} <= metric_tags
+    assert "hp_metric" not in metric_tags and not any(differs.values())  # the test ran with the fit's settings
     check_a_table_of_greedy_answers_beside_the_references_at_each_validation(fitted_and_tested)
     check_the_report_figures_are_images_in_the_training_run(fitted_and_tested)
 
@@ -131,8 +135,7 @@ def test_a_resumed_fit_is_one_hparams_session_with_its_new_budget(run_config, tm
     main(["fit", "--config", run_config, *head, "--trainer.max_steps", "4", "--ckpt_path", "last"])
     run = tmp_path / "runs" / "tiny" / "fit"
     assert hparams_session_count(run) == 1
-    params, _ = hparams_session(run)
-    assert params["max_steps"] == 4  # the resumed fit's, not the first's 2
+    assert hparams_session(run)["max_steps"] == 4  # the resumed fit's, not the first's 2
     events = events_of(run)
     val_losses = [point.value for point in events.Scalars("val/loss")]
     assert len(val_losses) == 2  # one validation a fit (the sanity checks log nothing)
