@@ -20,7 +20,7 @@ from core.tables import markdown_table
 from modules.training.sharding import shards_parameters
 
 TABLE_TAG = "val/answers"
-CELL_CHARACTERS = 300  # a longer prompt, reference or answer is cut: the table stays readable in a browser
+CELL_CHARACTERS = 200  # a longer prompt, reference or answer is cut: the table stays readable in a browser
 
 
 class AnswerTable(Callback):
