@@ -108,7 +108,7 @@ def check_a_table_of_greedy_answers_beside_the_references_at_each_validation(fit
             assert [line for line in table.splitlines() if line.startswith(without_answer)], (without_answer, table)
         assert "2 of 2 prompts answered" in table
     # The last validation saw the weights the test answered with (the last checkpoint), greedily with the
-    # same 4 new tokens: its answers are the test's (there merged and batched, here unmerged, one at a time).
+    # same 4 new tokens: its answers are the test's (there batched, here one prompt at a time).
     test_answers = {row["id"]: row["content"] for row in map(json.loads, (
         runs / "test" / "test_answers" / "predictions.jsonl").read_text().splitlines())}
     expected = answer_table_markdown([(record, test_answers[record.id]) for record in val_records])
