@@ -3,14 +3,17 @@ accumulation, precision, max length, budget, seed, data kept) beside what they a
 
 Written at the end of a fit, and of a test in a run folder of its own (``callbacks/run_summary.py``).
 In TensorBoard, one HParams session in the run folder itself (so the table's rows are the runs
-``tensorboard --logdir runs`` lists: ``demo/fit``, ``demo/test-tuned``, ...), whose metrics are
-the run's own scalar tags, read by the HParams tab at their last value: a fit's ``val/loss`` (the
-final), ``val/best_loss`` (written here, the lowest), ``train/loss_epoch``, tokens/s, seconds per
-epoch, peak memory, and ``val/overall/score`` with validation answers; a test's every ``test/...``
-tag (the loss and each type's metric). No placeholder ``hp_metric`` of -1: the CLI's TensorBoard
-loggers are built with ``default_hp_metric=False``, so this is the run's first and only session
-(TensorBoard shows only a run's first). The other trackers get params plus metrics named ``hparams/<summary field>`` (``hparams/final_val_loss``,
-``hparams/test_choice_accuracy``, ...).
+``tensorboard --logdir runs`` lists: ``demo/fit``, ``demo/test-tuned``, ...), plus ``val/best_loss``
+(the lowest validation loss) as a scalar beside the run's others. The session carries no
+experiment description of its own: TensorBoard takes the whole table's columns from the first run's
+description it finds, so with one per run a fit's ``lr`` and ``val/loss`` went missing beside the
+tests' metrics. Without one, TensorBoard builds the table from every run: the union of their
+hyperparameters (those that differ between runs first) and every scalar tag as a metric at its last
+value (a fit's ``val/loss``, ``val/best_loss``, ``train/loss_epoch``, tokens/s; a test's loss and
+each type's metric). No placeholder ``hp_metric`` of -1: the CLI's TensorBoard loggers are built with
+``default_hp_metric=False``, so this is the run's only session (TensorBoard reads a run's first): a
+resumed fit replaces it. The other trackers get params plus the results as metrics named
+``hparams/<summary field>`` (``hparams/final_val_loss``, ``hparams/test_choice_accuracy``, ...).
 """
 
 import os
@@ -24,6 +27,7 @@ FIT_RESULT_TAGS = {"final_val_loss": "val/loss", "best_val_loss": "val/best_loss
 PEAK_MEMORY_TAGS = {"gpu_allocated": "memory/fit_peak_allocated_mib", "cpu_rss": "memory/cpu_peak_rss_mib"}
 PEFT_SIZES = ("r", "lora_alpha", "lora_dropout", "num_virtual_tokens")  # a PEFT method's size, where it has one
 COUNTS = ("/count", "/samples", "/passed")  # how many records or samples a test metric is over: not a result
+HPARAMS_EVENTS_SUFFIX = ".hparams"  # the events file holding a run's HParams session (one per run folder)
 
 
 def run_hparams(trainer, pl_module, summary: dict) -> dict:
@@ -70,23 +74,29 @@ def log_run_hparams(trainer, pl_module, summary: dict) -> None:
     params, results = run_hparams(trainer, pl_module, summary), run_results(trainer, summary)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            write_hparams_session(Path(logger.log_dir), params, {tag: value for _, tag, value in results},
-                                  summary.get("best_val_loss"), trainer.global_step)
+            write_hparams_session(Path(logger.log_dir), params, summary.get("best_val_loss"), trainer.global_step)
         else:
             logger.log_hyperparams(params)
             logger.log_metrics({f"hparams/{name}": value for name, _, value in results}, step=trainer.global_step)
             logger.save()
 
 
-def write_hparams_session(folder: Path, params: dict, results: dict[str, float], best_val_loss: float | None,
-                          step: int) -> None:
-    """One TensorBoard HParams session in the run ``folder``: the params, and the result tags as its
-    metrics; of those, only ``val/best_loss`` is not already a scalar of the run."""
+def write_hparams_session(folder: Path, params: dict, best_val_loss: float | None, step: int) -> None:
+    """One TensorBoard HParams session (its start and end, no experiment description) in the run
+    ``folder``, and ``val/best_loss``.
+
+    In an events file of its own (``*.hparams``), which replaces the one an earlier fit of the same run
+    wrote: TensorBoard keeps the first session a run folder holds, so a resumed fit's would be ignored and
+    the table would show the first fit's settings (``max_steps`` 2 of a run resumed to 4). The best
+    validation loss survives in the checkpoint (``run_summary.py``), so the new file's is the run's best."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
-    with SummaryWriter(log_dir=str(folder)) as writer:
-        for session_summary in hparams(params, results):  # experiment, session start, session end
-            writer.file_writer.add_summary(session_summary)
+    for earlier in folder.glob(f"events.out.tfevents.*{HPARAMS_EVENTS_SUFFIX}"):
+        earlier.unlink()
+    _, session_start, session_end = hparams(params, {})  # the first is the experiment description
+    with SummaryWriter(log_dir=str(folder), filename_suffix=HPARAMS_EVENTS_SUFFIX) as writer:
+        writer.file_writer.add_summary(session_start)
+        writer.file_writer.add_summary(session_end)
         if best_val_loss is not None:
             writer.add_scalar(FIT_RESULT_TAGS["best_val_loss"], best_val_loss, step)

@@ -4,7 +4,8 @@ Validation loss says little about whether answers are right; the seed's SQuAD ru
 checkpoint with the best F1. This callback generates answers for the first ``num_records``
 validation records, scores them with the same scorer as ``sft test`` and logs ``val/<type>/<metric>``
 and ``val/overall/score``, so ``ModelCheckpoint(monitor="val/overall/score", mode="max")`` keeps the
-best checkpoint by a task metric. A few prompts with their answers go to TensorBoard as text.
+best checkpoint by a task metric. The Text tab's table of a few answers is ``answer_table.py``'s (on by
+default, greedy and short); this one is off by default, as it answers with the run's own settings.
 """
 
 from lightning.pytorch.callbacks import Callback
@@ -13,16 +14,13 @@ from lightning.pytorch.utilities import move_data_to_device
 from modules.generation.merged_adapters import adapters_merged
 
 
-
 class ValidationAnswers(Callback):
-    def __init__(self, num_records: int = 0, text_samples: int = 4):
+    def __init__(self, num_records: int = 0):
         """
         Args:
             num_records: Validation records to answer and score at each validation (0: off).
-            text_samples: How many of them to show in TensorBoard's text tab.
         """
         self.num_records = num_records
-        self.text_samples = text_samples
         self.metrics: dict = {}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -43,7 +41,6 @@ class ValidationAnswers(Callback):
         self.metrics = score_records({row["id"]: row["content"] for row in answers}, references)
         for name, value in numeric_items(self.metrics):
             pl_module.log(f"val/{name}", value, batch_size=1)
-        self._log_text(trainer, answers, references)
 
     def _answers(self, trainer, pl_module) -> list[dict]:
         """Generated as ``sft test`` generates them: adapters merged, in the run's precision (this hook
@@ -55,16 +52,3 @@ class ValidationAnswers(Callback):
             for batch in trainer.datamodule.answer_dataloader("val", self.num_records):
                 answers += pl_module.predict_step(move_data_to_device(batch, pl_module.device), 0)
         return answers
-
-    def _log_text(self, trainer, answers: list[dict], references: list) -> None:
-        experiment = getattr(trainer.logger, "experiment", None)
-        if not hasattr(experiment, "add_text"):
-            return
-        by_id = {record.id: record for record in references}
-        for row in answers[: self.text_samples]:
-            record = by_id[row["id"]]
-            reference = "\n---\n".join(record.reference.answers) or (record.reference.gold_letter or "")
-            text = "\n".join(f"**{label}**\n```\n{value}\n```" for label, value in
-                             [("prompt", record.prompt_messages[-1]["content"]), ("answer", row["content"]),
-                              ("reference", reference)])
-            experiment.add_text(f"val_answers/{row['id']}", text, global_step=trainer.global_step)

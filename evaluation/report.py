@@ -1,4 +1,4 @@
-"""``sft report``: base vs tuned, side by side, as Markdown and HTML with loss curves.
+"""``sft report``: base vs tuned, side by side, as Markdown and HTML with per-type bars and loss curves.
 
 Each side is either the directory of an ``sft test`` run (its ``metrics.json`` and
 ``test_answers/predictions.jsonl``) or an answers file, scored here against the references with
@@ -15,8 +15,10 @@ from pathlib import Path
 import yaml
 
 from core.tables import markdown_table
-from evaluation.curves import plot_loss_curves, read_loss_curves
 from core.record import Record
+from evaluation.curves import plot_loss_curves, read_loss_curves
+from evaluation.run_images import add_report_images
+from evaluation.score_bars import plot_scores_by_type
 from evaluation.scoring import TYPE_ORDER, load_predictions, score_records
 
 EXAMPLES_PER_TYPE = 3
@@ -147,21 +149,23 @@ METRIC_HEADER = ["type", "metric", "base", "tuned", "change"]
 EXAMPLE_HEADER = ["type", "id", "prompt", "base answer", "tuned answer", "reference"]
 
 
-def write_report(base: Side, tuned: Side, references: list[Record], out_dir: Path, curves: Path | None) -> Path:
-    """Writes ``report.md`` and ``report.html`` into ``out_dir``; returns the Markdown path."""
+def write_report(base: Side, tuned: Side, references: list[Record], out_dir: Path, figures: dict[str, Path]) -> Path:
+    """Writes ``report.md`` and ``report.html`` into ``out_dir``, showing ``figures`` (title -> PNG in
+    ``out_dir``); returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics, examples = metric_rows(base, tuned), example_rows(base, tuned, references)
     title = f"{base.name} vs {tuned.name}"
-    curve_md = f"\n## Loss curves\n\n![loss curves]({curves.name})\n" if curves else ""
+    figures_md = "".join(f"\n## {name}\n\n![{name}]({path.name})\n" for name, path in figures.items())
     markdown = (f"# {title}\n\nbase: `{base.source}`  \ntuned: `{tuned.source}`\n\n## Metrics per type\n\n"
-                f"{markdown_table(METRIC_HEADER, metrics)}\n{curve_md}\n## Examples\n\n"
+                f"{markdown_table(METRIC_HEADER, metrics)}\n{figures_md}\n## Examples\n\n"
                 f"{markdown_table(EXAMPLE_HEADER, examples)}\n")
-    curve_html = f'<h2>Loss curves</h2><img src="{html.escape(curves.name)}">' if curves else ""
+    figures_html = "".join(f'<h2>{html.escape(name)}</h2><img src="{html.escape(path.name)}">'
+                           for name, path in figures.items())
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}"
             "pre{white-space:pre-wrap;margin:0;max-width:40em}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><h2>Metrics per type</h2>{html_table(METRIC_HEADER, metrics)}"
-            f"{curve_html}<h2>Examples</h2>{html_table(EXAMPLE_HEADER, examples)}</body></html>\n")
+            f"{figures_html}<h2>Examples</h2>{html_table(EXAMPLE_HEADER, examples)}</body></html>\n")
     (out_dir / "report.html").write_text(page, encoding="utf-8")
     markdown_path = out_dir / "report.md"
     markdown_path.write_text(markdown, encoding="utf-8")
@@ -169,13 +173,19 @@ def write_report(base: Side, tuned: Side, references: list[Record], out_dir: Pat
 
 
 def build_report(base: str, tuned: str, references: list[Record], out_dir: str, names=("base", "tuned")) -> Path:
-    """Base vs tuned on the labelled ``references`` (read with the data's format and renames)."""
+    """Base vs tuned on the labelled ``references`` (read with the data's format and renames). The
+    figures also go into the TensorBoard events of the training run behind the tuned side, where there
+    is one (the Images tab: ``report/scores_by_type``, ``report/loss_curves``)."""
     base_side = load_side(names[0], base, references)
     tuned_side = load_side(names[1], tuned, references)
-    curves = None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {"Scores per type": out / "scores_by_type.png"}
+    plot_scores_by_type([(base_side.name, base_side.metrics), (tuned_side.name, tuned_side.metrics)],
+                        figures["Scores per type"])
     training_run = training_run_of(tuned_side.source)
     if training_run is not None:
-        curves = Path(out_dir) / "loss_curves.png"
-        curves.parent.mkdir(parents=True, exist_ok=True)
-        plot_loss_curves([(tuned_side.name, read_loss_curves(training_run))], curves)
-    return write_report(base_side, tuned_side, references, Path(out_dir), curves)
+        figures["Loss curves"] = out / "loss_curves.png"
+        plot_loss_curves([(tuned_side.name, read_loss_curves(training_run))], figures["Loss curves"])
+        add_report_images(training_run, {f"report/{path.stem}": path for path in figures.values()})
+    return write_report(base_side, tuned_side, references, out, figures)

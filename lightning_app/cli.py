@@ -8,6 +8,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from callbacks.answer_metrics import AnswerMetrics
+from callbacks.answer_table import AnswerTable
 from callbacks.checkpoint import SFTCheckpoint
 from callbacks.run_card import RunCard
 from callbacks.exact_resume import ExactResume
@@ -49,7 +50,8 @@ ALWAYS_ON_CALLBACKS = {
     "predictions": PredictionWriter,
     "run_card": RunCard,  # one text card of the run's fixed facts (model, method, data), not one-point charts
     "answer_metrics": AnswerMetrics,
-    "val_answers": ValidationAnswers,
+    "val_answers": ValidationAnswers,  # scored answers at each validation (off: num_records 0)
+    "answer_table": AnswerTable,  # a few greedy validation answers as a table in the Text tab (on, capped in time)
     "merge": MergeAdapters,
     "memory": MemoryMonitor,
     "throughput": SFTThroughputMonitor,

@@ -61,7 +61,8 @@ def report_command(argv: list[str]) -> None:
     parser.add_argument("--base", required=True, help="an `sft test` run directory or an answers file")
     parser.add_argument("--tuned", required=True, help="an `sft test` run directory or an answers file")
     add_data_arguments(parser)
-    parser.add_argument("--out", default="reports/latest", help="folder for report.md, report.html, loss_curves.png")
+    parser.add_argument("--out", default="reports/latest",
+                        help="folder for report.md, report.html, scores_by_type.png, loss_curves.png")
     parser.add_argument("--names", nargs=2, default=["base", "tuned"], metavar=("BASE", "TUNED"))
     args = parser.parse_args(argv)
     report_path = build_report(args.base, args.tuned, reference_records(args), args.out, tuple(args.names))

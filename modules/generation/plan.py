@@ -53,6 +53,23 @@ class GenerationPlan:
         """The same for two types exactly when they are generated with the same settings."""
         return repr(self.for_type(record_type))
 
+    def greedy_preview(self, max_new_tokens: int) -> "GenerationPlan":
+        """Each type greedy, one answer, at most ``max_new_tokens`` (or its own cap where lower): the
+        validation answer table's plan, cheap and the same at every validation.
+
+        >>> plan = GenerationPlan(GenerationSettings(max_new_tokens=256), per_type={"choice": GenerationSettings(16)})
+        >>> preview = plan.greedy_preview(32)
+        >>> preview.for_type("math").max_new_tokens, preview.for_type("choice").max_new_tokens
+        (32, 16)
+        >>> preview.for_type("code-generate").do_sample, preview.for_type("code-generate").num_samples
+        (False, 1)
+        """
+        def shortened(settings: GenerationSettings) -> GenerationSettings:
+            return GenerationSettings(max_new_tokens=min(settings.max_new_tokens, max_new_tokens))
+
+        return GenerationPlan(shortened(self.default), {name: shortened(settings) for name, settings in self.per_type.items()},
+                              max_rows=self.max_rows)
+
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, input_ids, attention_mask, settings: GenerationSettings,

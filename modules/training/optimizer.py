@@ -46,6 +46,24 @@ def parameter_groups(named_parameters, head_lr: float | None = None, one_dimensi
     return groups
 
 
+def learning_rates(param_groups: list[dict], has_head_group: bool) -> dict[str, float]:
+    """This step's learning rate of each kind of parameter, by the name it is logged under:
+    ``learning_rate`` for the model's (its 1-D weights' group differs only in weight decay, so one
+    figure says it) and, where the head has its own (``head_lr``), ``learning_rate_head`` for the
+    last group, where ``parameter_groups`` puts it (a checkpoint keeps the groups' order).
+
+    >>> groups = [{"lr": 1e-4}, {"lr": 1e-4, "weight_decay": 0.0}, {"lr": 5e-2}]
+    >>> learning_rates(groups, has_head_group=True)
+    {'learning_rate': 0.0001, 'learning_rate_head': 0.05}
+    >>> learning_rates(groups[:2], has_head_group=False)
+    {'learning_rate': 0.0001}
+    """
+    rates = {"learning_rate": float(param_groups[0]["lr"])}
+    if has_head_group and len(param_groups) > 1:
+        rates["learning_rate_head"] = float(param_groups[-1]["lr"])
+    return rates
+
+
 def warmup_steps(warmup: float, total_steps: int) -> int:
     """``warmup`` below 1 is a fraction of all optimizer steps, rounded up as transformers'
     ``TrainingArguments.get_warmup_steps`` does (so a run matches TRL's schedule), else a step count.

@@ -176,7 +176,7 @@ def test_cli_fits_resumes_from_last_and_predicts(method, tiny_model_dir, tmp_pat
     main(["fit", "--config", config])
     run_dir = tmp_path / "runs" / "tiny" / "fit"
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    params, _ = hparams_session(run_dir)
+    params = hparams_session(run_dir)
     # A PEFT checkpoint holds exactly the trainable weights: the logged count must be their size.
     assert params["trainable_parameters"] == sum(tensor.numel() for tensor in first["state_dict"].values())
 
