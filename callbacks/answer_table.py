@@ -38,7 +38,7 @@ class AnswerTable(Callback):
         self.max_seconds = max_seconds
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if self.num_prompts > 0 and shards_parameters(trainer.strategy):
+        if stage in ("fit", "validate") and self.num_prompts > 0 and shards_parameters(trainer.strategy):
             rank_zero_info("answer_table: no validation answers under a sharded strategy (FSDP, DeepSpeed ZeRO-3): "
                            "generating needs whole weights on each rank")
 
